@@ -1,0 +1,7 @@
+//! handover: a front proxy for long-lived TCP and TLS sessions that moves live sessions
+//! between backends without the client noticing.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod net;
+pub mod protocol;

@@ -1,0 +1,171 @@
+//! Protocol adapters: framing, observation and re-registration, all sans-I/O.
+//!
+//! The session task (`session/`) owns the sockets and timers; an adapter only ever sees bytes
+//! and frames. Adding a protocol is one new module here and one line in [`PROTOCOLS`].
+
+pub mod raw;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::config::{BackendConfig, ListenerConfig};
+
+/// Which way a frame travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ClientToBackend,
+    BackendToClient,
+}
+
+/// A framing error: the peer sent something this protocol cannot carry. The session that got
+/// it is closed with this message in the log; nothing half-parsed is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FrameError(pub String);
+
+/// What the session does with a frame the adapter has observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass the frame on unchanged.
+    Forward,
+    /// Pass these bytes on instead.
+    Rewrite(Bytes),
+    /// Drop the frame.
+    Hide,
+    /// Drop the frame and send these bytes back to the side it came from (e.g. answer a PING).
+    Reply(Bytes),
+    /// The backend asks the client to move to this address: hide the frame and migrate there.
+    MoveTo(String),
+}
+
+/// The outcome of feeding one frame of the new backend to the re-registration machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterStep {
+    /// Keep going; send these frames to the new backend first.
+    Continue(Vec<Bytes>),
+    /// Registration is complete; send these frames to the new backend, then proceed.
+    Done(Vec<Bytes>),
+    /// The new backend refused the session; the reason is logged and counted.
+    Failed(String),
+}
+
+/// How re-registration on the new backend begins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegisterStart {
+    /// Frames to send to the new backend right after the connection (and any prelude).
+    pub send: Vec<Bytes>,
+    /// When set, registration completes by itself after this long, with everything the backend
+    /// said meanwhile swallowed (raw mode: there is no reply to recognise).
+    pub settle: Option<Duration>,
+}
+
+/// Facts about the client that a backend prelude (WEBIRC) may need.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub addr: std::net::SocketAddr,
+    pub tls: bool,
+}
+
+/// One protocol: a name and a factory for per-session adapters.
+pub trait Protocol: Send + Sync + 'static {
+    /// The config/CLI value and the `protocol` metric label.
+    fn name(&self) -> &'static str;
+
+    /// Rejects backend keys that do not apply to this protocol. The message names the key.
+    fn validate_backend(&self, backend: &BackendConfig) -> Result<(), String> {
+        if backend.webirc.is_some() {
+            return Err(format!(
+                "`webirc` applies only to irc pools, not {}",
+                self.name()
+            ));
+        }
+        Ok(())
+    }
+
+    /// A fresh adapter for one session accepted on `listener`.
+    fn new_session(&self, listener: &ListenerConfig) -> Box<dyn SessionAdapter>;
+}
+
+/// The per-session half of an adapter; its snapshot lives inside.
+///
+/// Migration calls, in order: `can_migrate`, `backend_prelude`, `start_register`,
+/// `on_register_frame`… until `Done`, `flush_mark` (then `is_flush_reply` on A's frames),
+/// `detach`, `cutover`; after that the new backend's frames go through `observe` again. A
+/// failed migration calls `abort_migration` and the adapter must behave as if it never began.
+pub trait SessionAdapter: Send + 'static {
+    /// Splits one frame off the front of `buf`. `Ok(None)` means more bytes are needed;
+    /// `Err` closes this session. Must enforce the protocol's hard size limits itself.
+    fn decode(&mut self, dir: Direction, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError>;
+
+    /// Sees every frame in both directions while forwarding; keeps the snapshot current.
+    fn observe(&mut self, dir: Direction, frame: &Bytes) -> Verdict;
+
+    /// The IRC nick or OSCAR screen name, for `GET /sessions`.
+    fn identity(&self) -> Option<String> {
+        None
+    }
+
+    /// A clean refusal when this session cannot be moved now (counted, never attempted).
+    fn can_migrate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Bytes written to a fresh backend link before anything else, e.g. IRC `WEBIRC`.
+    fn backend_prelude(&self, _backend: &BackendConfig, _client: &ClientInfo) -> Option<Bytes> {
+        None
+    }
+
+    /// Begins re-registration on the new backend.
+    fn start_register(&mut self) -> Result<RegisterStart, String>;
+
+    /// Feeds one frame of the new backend during registration.
+    fn on_register_frame(&mut self, frame: &Bytes) -> RegisterStep;
+
+    /// A frame to send to the old backend whose reply proves it processed everything before.
+    fn flush_mark(&mut self) -> Option<Bytes> {
+        None
+    }
+
+    /// True for the reply to [`SessionAdapter::flush_mark`]; that frame is swallowed.
+    fn is_flush_reply(&mut self, _frame: &Bytes) -> bool {
+        false
+    }
+
+    /// A last frame to send to the old backend before it is closed (IRC `QUIT`).
+    fn detach(&mut self) -> Option<Bytes> {
+        None
+    }
+
+    /// The new backend is current now: frames to send it at once (IRC: take the nick back).
+    fn cutover(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
+
+    /// The migration failed; forget what it started.
+    fn abort_migration(&mut self) {}
+
+    /// Bytes the adapter holds for this session, for the memory bound.
+    fn snapshot_size(&self) -> usize {
+        0
+    }
+}
+
+type Constructor = fn(&ListenerConfig) -> Box<dyn Protocol>;
+
+/// THE protocol table: one line per protocol. Config, CLI, metrics and admin all resolve
+/// protocols by name through it.
+pub const PROTOCOLS: &[(&str, Constructor)] = &[("raw", |l| Box::new(raw::RawProtocol::new(l)))];
+
+/// Looks a protocol up by its config name.
+pub fn lookup(name: &str, listener: &ListenerConfig) -> Option<Box<dyn Protocol>> {
+    PROTOCOLS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, make)| make(listener))
+}
+
+/// The names in [`PROTOCOLS`], for error messages.
+pub fn names() -> Vec<&'static str> {
+    PROTOCOLS.iter().map(|(n, _)| *n).collect()
+}
