@@ -142,6 +142,15 @@ pub trait SessionAdapter: Send + 'static {
         Vec::new()
     }
 
+    /// The backend closed the link: true to fail over to another backend, false when the
+    /// close was deliberate (IRC `ERROR` after a `QUIT` or a kill) and the client should see it.
+    fn failover_on_close(&self) -> bool {
+        true
+    }
+
+    /// The frames the new backend sent before the cut have all been through `observe`.
+    fn held_lines_done(&mut self) {}
+
     /// The migration failed; forget what it started.
     fn abort_migration(&mut self) {}
 

@@ -1,0 +1,138 @@
+//! One accept loop per `[[listener]]`. The loop only accepts and spawns: the TLS handshake,
+//! the backend choice and connect all run in the spawned task, under timeouts, so one slow
+//! client never holds up the others.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{BackendConfig, ListenerConfig};
+use crate::net::connect::connect;
+use crate::net::Stream;
+use crate::protocol::Protocol;
+use crate::session::{self, SessionCtx};
+
+pub struct ListenerTask {
+    pub config: ListenerConfig,
+    pub ctx: Arc<SessionCtx>,
+    pub protocol: Arc<dyn Protocol>,
+    pub tls: Option<TlsAcceptor>,
+    pub tracker: TaskTracker,
+}
+
+impl ListenerTask {
+    pub async fn run(self, listener: TcpListener) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.config.max_sessions));
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                _ = this.ctx.shutdown.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((tcp, addr)) => {
+                    backoff = Duration::from_millis(5);
+                    this.ctx
+                        .registry
+                        .metrics
+                        .session_accepted(&this.config.name);
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        this.refuse(
+                            addr,
+                            "max_sessions",
+                            "the listener holds max_sessions already",
+                        );
+                        continue;
+                    };
+                    let task = this.clone();
+                    this.tracker
+                        .spawn(async move { task.serve(tcp, addr, permit).await });
+                }
+                Err(e) if is_fd_exhaustion(&e) => {
+                    // Out of file descriptors: back off instead of spinning on accept.
+                    warn!(listener = %this.config.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => debug!(listener = %this.config.name, error = %e, "accept failed"),
+            }
+        }
+    }
+
+    fn refuse(&self, addr: SocketAddr, label: &'static str, why: &str) {
+        self.ctx
+            .registry
+            .metrics
+            .connection_refused(&self.config.name, label);
+        info!(listener = %self.config.name, client.addr = %addr, why, "connection refused");
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let client = match &self.tls {
+            None => Stream::Plain(tcp),
+            Some(acceptor) => {
+                let limit = Duration::from_millis(self.config.handshake_timeout_ms);
+                match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => Stream::TlsServer(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        return self.refuse(
+                            addr,
+                            "tls_handshake",
+                            &format!("TLS handshake failed: {e}"),
+                        )
+                    }
+                    Err(_) => return self.refuse(addr, "tls_timeout", "TLS handshake timed out"),
+                }
+            }
+        };
+        let Some((backend, config)) = self.connect_backend(addr).await else {
+            return self.refuse(
+                addr,
+                "no_backend",
+                "no backend of the pool could take the session",
+            );
+        };
+        let adapter = self.protocol.new_session(&self.config);
+        session::run(self.ctx.clone(), client, addr, backend, &config, adapter).await;
+    }
+
+    /// Tries the pool's backends, least-loaded first, each once.
+    async fn connect_backend(&self, addr: SocketAddr) -> Option<(Stream, BackendConfig)> {
+        let timeout = Duration::from_millis(self.ctx.migration.connect_timeout_ms);
+        let mut failed: Vec<String> = Vec::new();
+        loop {
+            let exclude: Vec<&str> = failed.iter().map(String::as_str).collect();
+            let backend = self
+                .ctx
+                .registry
+                .reserve(&self.config.name, &exclude, None)
+                .ok()?;
+            match connect(&backend, addr, timeout).await {
+                Ok(stream) => return Some((stream, backend)),
+                Err(e) => {
+                    self.ctx.registry.release(&backend.name);
+                    info!(listener = %self.config.name, backend = %backend.name, error = %e, "backend connect failed");
+                    failed.push(backend.name);
+                }
+            }
+        }
+    }
+}
+
+fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    // EMFILE (24) and ENFILE (23) on Linux.
+    matches!(e.raw_os_error(), Some(23) | Some(24))
+}

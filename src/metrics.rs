@@ -1,0 +1,364 @@
+//! Every `handover_*` metric: names, label sets and the Prometheus text encoding, in one place.
+//!
+//! Counters are counted where the event happens (session, migration, listener); the two
+//! gauges (`handover_sessions`, `handover_backend_state`) are read from the registry when
+//! scraped, so they can never drift from what the registry holds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the duration histograms.
+const BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// A counter family keyed by its label values.
+#[derive(Default)]
+struct Counters(Mutex<BTreeMap<Vec<String>, u64>>);
+
+impl Counters {
+    fn add(&self, labels: &[&str], n: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
+        *map.entry(key).or_insert(0) += n;
+    }
+
+    fn get(&self, labels: &[&str]) -> u64 {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .find(|(k, _)| k.iter().map(String::as_str).eq(labels.iter().copied()))
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, names: &[&str]) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (values, v) in map.iter() {
+            let _ = writeln!(out, "{name}{} {v}", labels(names, values));
+        }
+    }
+}
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+/// A histogram family keyed by its label values.
+#[derive(Default)]
+struct Histograms(Mutex<BTreeMap<Vec<String>, Histogram>>);
+
+impl Histograms {
+    fn observe(&self, labels: &[&str], value: Duration) {
+        let secs = value.as_secs_f64();
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let h = map
+            .entry(labels.iter().map(|s| s.to_string()).collect())
+            .or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += secs;
+        h.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, names: &[&str]) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (values, h) in map.iter() {
+            let base = labels(names, values);
+            let inner = base.trim_start_matches('{').trim_end_matches('}');
+            let sep = if inner.is_empty() { "" } else { "," };
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{inner}{sep}le=\"{bound}\"}} {}",
+                    h.counts[i]
+                );
+            }
+            let _ = writeln!(out, "{name}_bucket{{{inner}{sep}le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "{name}_sum{base} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{base} {}", h.count);
+        }
+    }
+}
+
+fn labels(names: &[&str], values: &[String]) -> String {
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("{");
+    for (i, (n, v)) in names.iter().zip(values).enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let v = v
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = write!(s, "{n}=\"{v}\"");
+    }
+    s.push('}');
+    s
+}
+
+/// Why a migration started (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationReason {
+    Drain,
+    Admin,
+    Failover,
+    Backend,
+}
+
+impl MigrationReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            MigrationReason::Drain => "drain",
+            MigrationReason::Admin => "admin",
+            MigrationReason::Failover => "failover",
+            MigrationReason::Backend => "backend",
+        }
+    }
+}
+
+/// How a migration ended (the `outcome` label): `aborted` left the session where it was,
+/// `failed` lost it (failover with nowhere to go).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Aborted,
+    Failed,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Aborted => "aborted",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    accepted: Counters,
+    closed: Counters,
+    migrations: Counters,
+    migration_duration: Histograms,
+    client_pause: Histograms,
+    replayed: Counters,
+    bytes_c2b: AtomicU64,
+    bytes_b2c: AtomicU64,
+    refused: Counters,
+}
+
+/// What the registry knows at scrape time.
+pub struct Gauges {
+    /// (listener, backend, sessions)
+    pub sessions: Vec<(String, String, usize)>,
+    /// (backend, current state)
+    pub backends: Vec<(String, &'static str)>,
+}
+
+pub const BACKEND_STATES: [&str; 4] = ["active", "draining", "drained", "down"];
+
+impl Metrics {
+    pub fn session_accepted(&self, listener: &str) {
+        self.accepted.add(&[listener], 1);
+    }
+
+    pub fn session_closed(&self, listener: &str, reason: &'static str) {
+        self.closed.add(&[listener, reason], 1);
+    }
+
+    /// A client refused before a session began (limits, no backend).
+    pub fn connection_refused(&self, listener: &str, reason: &'static str) {
+        self.refused.add(&[listener, reason], 1);
+    }
+
+    pub fn migration(&self, protocol: &str, reason: MigrationReason, outcome: Outcome) {
+        self.migrations
+            .add(&[protocol, reason.label(), outcome.label()], 1);
+    }
+
+    pub fn migration_timing(
+        &self,
+        protocol: &str,
+        duration: Duration,
+        pause: Duration,
+        replayed: u64,
+    ) {
+        self.migration_duration.observe(&[protocol], duration);
+        self.client_pause.observe(&[protocol], pause);
+        self.replayed.add(&[protocol], replayed);
+    }
+
+    pub fn bytes(&self, client_to_backend: u64, backend_to_client: u64) {
+        if client_to_backend > 0 {
+            self.bytes_c2b
+                .fetch_add(client_to_backend, Ordering::Relaxed);
+        }
+        if backend_to_client > 0 {
+            self.bytes_b2c
+                .fetch_add(backend_to_client, Ordering::Relaxed);
+        }
+    }
+
+    /// A counter's value, for tests and the drain summary.
+    pub fn migrations_count(
+        &self,
+        protocol: &str,
+        reason: MigrationReason,
+        outcome: Outcome,
+    ) -> u64 {
+        self.migrations
+            .get(&[protocol, reason.label(), outcome.label()])
+    }
+
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP handover_sessions Sessions open now.\n# TYPE handover_sessions gauge"
+        );
+        for (listener, backend, n) in &gauges.sessions {
+            let _ = writeln!(
+                out,
+                "handover_sessions{} {n}",
+                labels(
+                    &["listener", "backend"],
+                    &[listener.clone(), backend.clone()]
+                )
+            );
+        }
+        self.accepted.render(
+            &mut out,
+            "handover_sessions_accepted_total",
+            "Client connections accepted.",
+            &["listener"],
+        );
+        self.closed.render(
+            &mut out,
+            "handover_sessions_closed_total",
+            "Sessions closed, by who ended them.",
+            &["listener", "reason"],
+        );
+        self.refused.render(
+            &mut out,
+            "handover_connections_refused_total",
+            "Client connections closed before a session began.",
+            &["listener", "reason"],
+        );
+        self.migrations.render(
+            &mut out,
+            "handover_migrations_total",
+            "Migrations by protocol, reason and outcome.",
+            &["protocol", "reason", "outcome"],
+        );
+        self.migration_duration.render(
+            &mut out,
+            "handover_migration_duration_seconds",
+            "Time from the start of a migration to its end.",
+            &["protocol"],
+        );
+        self.client_pause.render(
+            &mut out,
+            "handover_client_pause_seconds",
+            "Time a client's input was held.",
+            &["protocol"],
+        );
+        self.replayed.render(
+            &mut out,
+            "handover_replayed_bytes_total",
+            "Client bytes replayed to a new backend.",
+            &["protocol"],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP handover_backend_state 1 for the backend's current state.\n# TYPE handover_backend_state gauge"
+        );
+        for (backend, state) in &gauges.backends {
+            for s in BACKEND_STATES {
+                let v = u8::from(s == *state);
+                let _ = writeln!(
+                    out,
+                    "handover_backend_state{{backend=\"{backend}\",state=\"{s}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP handover_bytes_total Bytes forwarded.\n# TYPE handover_bytes_total counter"
+        );
+        let c2b = self.bytes_c2b.load(Ordering::Relaxed);
+        let b2c = self.bytes_b2c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "handover_bytes_total{{direction=\"client_to_backend\"}} {c2b}"
+        );
+        let _ = writeln!(
+            out,
+            "handover_bytes_total{{direction=\"backend_to_client\"}} {b2c}"
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_contract_names() {
+        let m = Metrics::default();
+        m.session_accepted("irc");
+        m.session_closed("irc", "client");
+        m.migration("irc", MigrationReason::Drain, Outcome::Ok);
+        m.migration_timing(
+            "irc",
+            Duration::from_millis(30),
+            Duration::from_millis(2),
+            17,
+        );
+        m.bytes(10, 20);
+        let text = m.render(&Gauges {
+            sessions: vec![("irc".into(), "a".into(), 3)],
+            backends: vec![("a".into(), "draining")],
+        });
+        for needle in [
+            "handover_sessions{listener=\"irc\",backend=\"a\"} 3",
+            "handover_sessions_accepted_total{listener=\"irc\"} 1",
+            "handover_sessions_closed_total{listener=\"irc\",reason=\"client\"} 1",
+            "handover_migrations_total{protocol=\"irc\",reason=\"drain\",outcome=\"ok\"} 1",
+            "handover_migration_duration_seconds_bucket{protocol=\"irc\",le=\"0.05\"} 1",
+            "handover_migration_duration_seconds_bucket{protocol=\"irc\",le=\"0.025\"} 0",
+            "handover_client_pause_seconds_count{protocol=\"irc\"} 1",
+            "handover_replayed_bytes_total{protocol=\"irc\"} 17",
+            "handover_backend_state{backend=\"a\",state=\"draining\"} 1",
+            "handover_backend_state{backend=\"a\",state=\"active\"} 0",
+            "handover_bytes_total{direction=\"client_to_backend\"} 10",
+            "handover_bytes_total{direction=\"backend_to_client\"} 20",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert_eq!(
+            m.migrations_count("irc", MigrationReason::Drain, Outcome::Ok),
+            1
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(labels(&["a"], &["x\"y".into()]), "{a=\"x\\\"y\"}");
+    }
+}

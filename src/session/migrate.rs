@@ -1,0 +1,490 @@
+//! A migration as named phases: Connecting → Registering → Flushing → cut over.
+//!
+//! Make-before-break (DESIGN.md): the client keeps talking to A while B registers; the pause
+//! begins only when B is ready, lasts until A answers the flush mark, and ends with the cut.
+//! Any failure before the cut aborts: B is dropped, the adapter forgets the attempt, held
+//! client frames go to A in order, and the session carries on as if nothing happened.
+//! Failover is the same with A already gone: the pause starts when A is lost.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::link::{IoEvent, Link};
+use super::{CloseReason, MigrationResult, Session, OUT_LIMIT};
+use crate::config::BackendConfig;
+use crate::metrics::{MigrationReason, Outcome};
+use crate::net::connect::{connect, ConnectError};
+use crate::net::Stream;
+use crate::protocol::{Direction, RegisterStep, SessionAdapter};
+
+/// How long a session with no backend waits before trying another.
+const FAILOVER_RETRY: Duration = Duration::from_millis(500);
+
+type Connecting = Pin<
+    Box<dyn Future<Output = (Result<Stream, ConnectError>, Option<OwnedSemaphorePermit>)> + Send>,
+>;
+
+enum Phase {
+    Connecting(Connecting),
+    Registering {
+        link: Link,
+        deadline: Instant,
+        settle: bool,
+    },
+    Flushing {
+        link: Link,
+        deadline: Instant,
+    },
+    Done,
+}
+
+pub(super) struct Migration {
+    reason: MigrationReason,
+    target: BackendConfig,
+    from: String,
+    started: Instant,
+    paused_at: Option<Instant>,
+    phase: Phase,
+    reply: Option<oneshot::Sender<MigrationResult>>,
+    /// The flush mark was sent to A and its reply has not come yet.
+    mark_pending: bool,
+    /// The flush wait timed out: cut over whatever A is doing.
+    flush_expired: bool,
+    /// A is gone (failover, or lost during the migration).
+    source_lost: bool,
+    /// What B said between registration and the cut, in order.
+    held_b: VecDeque<Bytes>,
+    held_b_len: usize,
+    /// Held for failovers, so a dead backend's sessions reach the next one paced.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+pub(super) enum MigrationEvent {
+    Connected(Result<Stream, ConnectError>, Option<OwnedSemaphorePermit>),
+    Io(io::Result<IoEvent>),
+}
+
+/// The migration's next event; pending forever when there is none.
+pub(super) async fn poll(m: &mut Option<Migration>) -> MigrationEvent {
+    let Some(m) = m else {
+        return std::future::pending().await;
+    };
+    let read_ok = m.held_b_len < OUT_LIMIT;
+    match &mut m.phase {
+        Phase::Connecting(fut) => {
+            let (result, permit) = fut.await;
+            MigrationEvent::Connected(result, permit)
+        }
+        Phase::Registering { link, .. } if link.pollable(true) => {
+            MigrationEvent::Io(link.io(true).await)
+        }
+        Phase::Flushing { link, .. } if link.pollable(read_ok) => {
+            MigrationEvent::Io(link.io(read_ok).await)
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+impl Migration {
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Registering { deadline, .. } => Some(*deadline),
+            Phase::Flushing { deadline, .. } if !self.flush_expired => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    pub(super) fn source_lost(&mut self) {
+        self.source_lost = true;
+        self.mark_pending = false;
+        self.paused_at.get_or_insert_with(Instant::now);
+    }
+
+    /// True when the flush-mark reply from A is this frame (it is then swallowed).
+    pub(super) fn is_flush_reply(
+        &mut self,
+        adapter: &mut dyn SessionAdapter,
+        frame: &Bytes,
+    ) -> bool {
+        if self.mark_pending
+            && matches!(self.phase, Phase::Flushing { .. })
+            && adapter.is_flush_reply(frame)
+        {
+            self.mark_pending = false;
+            return true;
+        }
+        false
+    }
+
+    /// B is registered and A has nothing more to prove.
+    pub(super) fn ready_to_cut(&self, source: Option<&Link>) -> bool {
+        if !matches!(self.phase, Phase::Flushing { .. }) {
+            return false;
+        }
+        match source {
+            None => true,
+            Some(_) if self.source_lost || self.flush_expired => true,
+            Some(a) => !self.mark_pending && !a.busy(),
+        }
+    }
+
+    /// The session is ending mid-migration.
+    pub(super) fn abandon(self, registry: &crate::registry::Registry) {
+        registry.release(&self.target.name);
+    }
+}
+
+impl Session {
+    /// Begins a migration to `to` (or the least-loaded backend). Refusals are counted as
+    /// aborted and answered at once.
+    pub(super) fn start_migration(
+        &mut self,
+        to: Option<String>,
+        reason: MigrationReason,
+        reply: Option<oneshot::Sender<MigrationResult>>,
+    ) {
+        let refuse = |s: &mut Session,
+                      why: String,
+                      reply: Option<oneshot::Sender<MigrationResult>>| {
+            s.ctx
+                .registry
+                .metrics
+                .migration(s.ctx.protocol, reason, Outcome::Aborted);
+            info!(reason = reason.label(), outcome = "aborted", why = %why, "migration refused");
+            if let Some(reply) = reply {
+                let _ = reply.send(MigrationResult {
+                    from: s.backend_name.clone(),
+                    to: to.clone().unwrap_or_default(),
+                    outcome: Outcome::Aborted,
+                    reason: Some(why),
+                    attempted: false,
+                });
+            }
+        };
+        if self.migration.is_some() {
+            return refuse(
+                self,
+                "a migration of this session is already under way".into(),
+                reply,
+            );
+        }
+        if self.client_done {
+            return refuse(self, "the client is closing".into(), reply);
+        }
+        if let Err(why) = self.adapter.can_migrate() {
+            return refuse(self, why, reply);
+        }
+        let target = match self.ctx.registry.reserve(
+            &self.ctx.listener,
+            &[self.backend_name.as_str()],
+            to.as_deref(),
+        ) {
+            Ok(target) => target,
+            Err(why) if self.backend.is_none() => {
+                // Failover with nowhere to go yet: try again shortly.
+                info!(why = %why, "no backend for failover yet");
+                self.retry_at = Some(Instant::now() + FAILOVER_RETRY);
+                return;
+            }
+            Err(why) => return refuse(self, why, reply),
+        };
+        let connect_fut = {
+            let target = target.clone();
+            let client = self.client_info.addr;
+            let timeout = Duration::from_millis(self.ctx.migration.connect_timeout_ms);
+            let limiter = (self.backend.is_none()).then(|| self.ctx.failover_limiter.clone());
+            Box::pin(async move {
+                let permit = match limiter {
+                    Some(sem) => sem.acquire_owned().await.ok(),
+                    None => None,
+                };
+                (connect(&target, client, timeout).await, permit)
+            })
+        };
+        let lost = self.backend.is_none();
+        self.migration = Some(Migration {
+            reason,
+            from: self.backend_name.clone(),
+            target,
+            started: Instant::now(),
+            paused_at: if lost { self.lost_since } else { None },
+            phase: Phase::Connecting(connect_fut),
+            reply,
+            mark_pending: false,
+            flush_expired: false,
+            source_lost: lost,
+            held_b: VecDeque::new(),
+            held_b_len: 0,
+            _permit: None,
+        });
+    }
+
+    pub(super) fn on_migration_event(&mut self, ev: MigrationEvent) -> Option<CloseReason> {
+        match ev {
+            MigrationEvent::Connected(Ok(stream), permit) => self.begin_register(stream, permit),
+            MigrationEvent::Connected(Err(e), _) => self.abort_migration(&e.to_string()),
+            MigrationEvent::Io(Ok(IoEvent::Wrote)) => {}
+            MigrationEvent::Io(Ok(IoEvent::Read(0))) => {
+                self.abort_migration("the new backend closed the connection")
+            }
+            MigrationEvent::Io(Err(e)) => self.abort_migration(&format!("the new backend: {e}")),
+            MigrationEvent::Io(Ok(IoEvent::Read(_))) => self.target_frames(),
+        }
+        None
+    }
+
+    fn begin_register(&mut self, stream: Stream, permit: Option<OwnedSemaphorePermit>) {
+        let m = self.migration.as_mut().expect("connecting");
+        m._permit = permit;
+        let mut link = Link::new(stream);
+        if let Some(prelude) = self.adapter.backend_prelude(&m.target, &self.client_info) {
+            link.push(prelude);
+        }
+        match self.adapter.start_register() {
+            Ok(start) => {
+                for frame in start.send {
+                    link.push(frame);
+                }
+                let timeout = Duration::from_millis(self.ctx.migration.register_timeout_ms);
+                let (deadline, settle) = match start.settle {
+                    Some(settle) => (Instant::now() + settle.min(timeout), true),
+                    None => (Instant::now() + timeout, false),
+                };
+                m.phase = Phase::Registering {
+                    link,
+                    deadline,
+                    settle,
+                };
+            }
+            Err(why) => self.abort_migration(&why),
+        }
+    }
+
+    /// Frames from B: fed to the registration machine, or held until the cut.
+    fn target_frames(&mut self) {
+        loop {
+            let Some(m) = self.migration.as_mut() else {
+                return;
+            };
+            let (link, registering) = match &mut m.phase {
+                Phase::Registering { link, .. } => (link, true),
+                Phase::Flushing { link, .. } => (link, false),
+                _ => return,
+            };
+            let frame = match self
+                .adapter
+                .decode(Direction::BackendToClient, &mut link.rbuf)
+            {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return link.release_idle(),
+                Err(e) => return self.abort_migration(&format!("the new backend sent {e}")),
+            };
+            if !registering {
+                m.held_b_len += frame.len();
+                m.held_b.push_back(frame);
+                continue;
+            }
+            match self.adapter.on_register_frame(&frame) {
+                RegisterStep::Continue(send) => send.into_iter().for_each(|f| link.push(f)),
+                RegisterStep::Done(send) => {
+                    send.into_iter().for_each(|f| link.push(f));
+                    self.registered();
+                }
+                RegisterStep::Failed(why) => {
+                    return self.abort_migration(&format!("the new backend refused: {why}"))
+                }
+            }
+        }
+    }
+
+    /// B is ready: pause the client and send A the flush mark.
+    fn registered(&mut self) {
+        let m = self.migration.as_mut().expect("registering");
+        let phase = std::mem::replace(&mut m.phase, Phase::Done);
+        let Phase::Registering { link, .. } = phase else {
+            m.phase = phase;
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_millis(self.ctx.migration.flush_timeout_ms);
+        m.phase = Phase::Flushing { link, deadline };
+        m.paused_at.get_or_insert_with(Instant::now);
+        self.paused = true;
+        if let Some(a) = self.backend.as_mut() {
+            if let Some(mark) = self.adapter.flush_mark() {
+                a.push(mark);
+                m.mark_pending = true;
+            }
+        }
+    }
+
+    pub(super) fn on_deadline(&mut self) {
+        let Some(m) = self.migration.as_mut() else {
+            self.retry_at = None;
+            return;
+        };
+        match &m.phase {
+            Phase::Registering { settle: true, .. } => self.registered(),
+            Phase::Registering { settle: false, .. } => {
+                self.abort_migration("registration timed out")
+            }
+            Phase::Flushing { .. } => {
+                warn!(backend = %self.backend_name, "no answer to the flush mark in time; cutting over");
+                m.flush_expired = true;
+                m.mark_pending = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes B current: detach A, settle B, forward what B held, replay the client's queue.
+    pub(super) fn cut_over(&mut self) {
+        let Some(mut m) = self.migration.take() else {
+            return;
+        };
+        let Phase::Flushing { mut link, .. } = std::mem::replace(&mut m.phase, Phase::Done) else {
+            return;
+        };
+        if let Some(mut a) = self.backend.take() {
+            if let Some(bye) = self.adapter.detach() {
+                a.push(bye);
+            }
+            tokio::spawn(a.finish(Duration::from_secs(2)));
+        }
+        for frame in self.adapter.cutover() {
+            link.push(frame);
+        }
+        self.backend = Some(link);
+        self.ctx.registry.session_moved(self.id, &m.target.name);
+        self.backend_name = m.target.name.clone();
+        for frame in m.held_b.drain(..) {
+            self.route_backend_frame(frame);
+        }
+        self.adapter.held_lines_done();
+        let replayed = self.held_len as u64;
+        let link = self.backend.as_mut().expect("just set");
+        for frame in self.held.drain(..) {
+            link.push(frame);
+        }
+        self.held_len = 0;
+        self.paused = false;
+        self.lost_since = None;
+        self.retry_at = None;
+        let now = Instant::now();
+        let pause = m.paused_at.map(|p| now - p).unwrap_or_default();
+        let took = now - m.started;
+        self.record(&mut m, Outcome::Ok, None, took, pause, replayed);
+    }
+
+    /// Gives up the migration; the session stays on A (or, in failover, tries again).
+    pub(super) fn abort_migration(&mut self, why: &str) {
+        let Some(mut m) = self.migration.take() else {
+            return;
+        };
+        self.ctx.registry.release(&m.target.name);
+        self.adapter.abort_migration();
+        let now = Instant::now();
+        match self.backend.as_mut() {
+            Some(a) => {
+                for frame in self.held.drain(..) {
+                    a.push(frame);
+                }
+                self.held_len = 0;
+                self.paused = false;
+                let pause = m.paused_at.map(|p| now - p).unwrap_or_default();
+                let took = now - m.started;
+                self.record(&mut m, Outcome::Aborted, Some(why), took, pause, 0);
+            }
+            None => {
+                info!(to = %m.target.name, why, "failover attempt failed; trying again");
+                self.retry_at = Some(now + FAILOVER_RETRY);
+                // The reply (if any) waits for the final outcome.
+                self.pending_reply = m.reply;
+            }
+        }
+    }
+
+    /// No backend and no migration: try again, or give up after `failover_timeout_ms`.
+    pub(super) fn retry_failover(&mut self) -> Option<CloseReason> {
+        let lost = *self.lost_since.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        if now - lost > Duration::from_millis(self.ctx.migration.failover_timeout_ms) {
+            self.ctx.registry.metrics.migration(
+                self.ctx.protocol,
+                MigrationReason::Failover,
+                Outcome::Failed,
+            );
+            warn!(
+                reason = "failover",
+                outcome = "failed",
+                held_bytes = self.held_len,
+                "no backend took the session in time; closing it"
+            );
+            if let Some(reply) = self.pending_reply.take() {
+                let _ = reply.send(MigrationResult {
+                    from: self.backend_name.clone(),
+                    to: String::new(),
+                    outcome: Outcome::Failed,
+                    reason: Some("no backend took the session".into()),
+                    attempted: true,
+                });
+            }
+            return Some(CloseReason::BackendLost);
+        }
+        if self.retry_at.is_some_and(|at| at > now) {
+            return None;
+        }
+        self.retry_at = None;
+        let reply = self.pending_reply.take();
+        self.start_migration(None, MigrationReason::Failover, reply);
+        None
+    }
+
+    fn record(
+        &mut self,
+        m: &mut Migration,
+        outcome: Outcome,
+        why: Option<&str>,
+        took: Duration,
+        pause: Duration,
+        replayed: u64,
+    ) {
+        let reason = if m.source_lost {
+            MigrationReason::Failover
+        } else {
+            m.reason
+        };
+        let metrics = &self.ctx.registry.metrics;
+        metrics.migration(self.ctx.protocol, reason, outcome);
+        if outcome == Outcome::Ok {
+            metrics.migration_timing(self.ctx.protocol, took, pause, replayed);
+        }
+        info!(
+            reason = reason.label(),
+            outcome = outcome.label(),
+            from = %m.from,
+            to = %m.target.name,
+            duration_ms = took.as_secs_f64() * 1000.0,
+            pause_ms = pause.as_secs_f64() * 1000.0,
+            replayed_bytes = replayed,
+            why = why.unwrap_or(""),
+            "migration"
+        );
+        if let Some(reply) = m.reply.take() {
+            let _ = reply.send(MigrationResult {
+                from: m.from.clone(),
+                to: m.target.name.clone(),
+                outcome,
+                reason: why.map(str::to_string),
+                attempted: true,
+            });
+        }
+    }
+}

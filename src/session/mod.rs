@@ -1,0 +1,471 @@
+//! The session task: one per client, owning the client link, the current backend link and
+//! the adapter (with its snapshot). Everything else reaches it through a [`SessionHandle`].
+//!
+//! This is the only place with `select!`; every branch polls a cancel-safe future
+//! ([`link::Link::io`], channel `recv`, timers). The migration's phases live in `migrate.rs`.
+
+pub mod link;
+mod migrate;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, Instrument};
+
+use crate::config::{BackendConfig, MigrationConfig};
+use crate::metrics::MigrationReason;
+use crate::protocol::{ClientInfo, Direction, SessionAdapter, Verdict};
+use crate::registry::{Registry, SessionInfo};
+use link::{IoEvent, Link};
+use migrate::Migration;
+
+/// Most bytes queued towards one side before the other side stops being read.
+const OUT_LIMIT: usize = 64 * 1024;
+
+/// What the rest of the program can ask of a session.
+pub enum SessionCommand {
+    Migrate {
+        to: Option<String>,
+        reason: MigrationReason,
+        reply: oneshot::Sender<MigrationResult>,
+    },
+    Close,
+}
+
+/// How a migration ended, as the admin API reports it.
+#[derive(Debug, Clone)]
+pub struct MigrationResult {
+    pub from: String,
+    pub to: String,
+    pub outcome: crate::metrics::Outcome,
+    pub reason: Option<String>,
+    /// False when the migration was refused before anything was tried (409 in the API).
+    pub attempted: bool,
+}
+
+/// A cheap handle to a session task; dropping every handle does not end the session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    tx: mpsc::Sender<SessionCommand>,
+}
+
+impl SessionHandle {
+    /// Asks the session to migrate and waits for the outcome. `None` if the session is gone.
+    pub async fn migrate(
+        &self,
+        to: Option<String>,
+        reason: MigrationReason,
+    ) -> Option<MigrationResult> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(SessionCommand::Migrate { to, reason, reply })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    pub fn close(&self) {
+        let _ = self.tx.try_send(SessionCommand::Close);
+    }
+}
+
+/// Who ended a session (the `reason` label of `handover_sessions_closed_total`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    Client,
+    Backend,
+    BackendLost,
+    Protocol(String),
+    Shutdown,
+    Admin,
+    Io(String),
+}
+
+impl CloseReason {
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Backend => "backend",
+            CloseReason::BackendLost => "backend_lost",
+            CloseReason::Protocol(_) => "protocol_error",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Admin => "admin",
+            CloseReason::Io(_) => "io_error",
+        }
+    }
+}
+
+/// What every session of a listener shares.
+pub struct SessionCtx {
+    pub registry: Arc<Registry>,
+    pub listener: String,
+    pub protocol: &'static str,
+    pub migration: MigrationConfig,
+    pub shutdown: CancellationToken,
+    /// Bounds failovers in flight, so a dead backend's sessions reach the next one paced.
+    pub failover_limiter: Arc<tokio::sync::Semaphore>,
+}
+
+pub struct Session {
+    id: u64,
+    ctx: Arc<SessionCtx>,
+    client: Link,
+    client_info: ClientInfo,
+    /// The current backend link; `None` between losing a backend and failing over.
+    backend: Option<Link>,
+    backend_name: String,
+    adapter: Box<dyn SessionAdapter>,
+    cmds: mpsc::Receiver<SessionCommand>,
+    migration: Option<Migration>,
+    /// Client frames held while paused, in order (the in-flight queue).
+    held: VecDeque<Bytes>,
+    held_len: usize,
+    paused: bool,
+    /// The client closed its sending side; the session ends when the backend is done.
+    client_done: bool,
+    identity: Option<String>,
+    /// When a lost backend was noticed; the failover gives up after `failover_timeout_ms`.
+    lost_since: Option<Instant>,
+    /// When the next failover attempt may start.
+    retry_at: Option<Instant>,
+    /// An operator's migrate request that a failover in progress will answer.
+    pending_reply: Option<oneshot::Sender<MigrationResult>>,
+}
+
+/// Runs a session on an established backend link until it ends.
+pub async fn run(
+    ctx: Arc<SessionCtx>,
+    client: crate::net::Stream,
+    client_addr: SocketAddr,
+    backend: crate::net::Stream,
+    backend_config: &BackendConfig,
+    adapter: Box<dyn SessionAdapter>,
+) {
+    let id = ctx.registry.next_session_id();
+    let (tx, cmds) = mpsc::channel(8);
+    let handle = SessionHandle { tx };
+    let info = SessionInfo {
+        id,
+        listener: ctx.listener.clone(),
+        protocol: ctx.protocol,
+        client: client_addr,
+        backend: backend_config.name.clone(),
+        identity: None,
+        since: std::time::SystemTime::now(),
+        migrations: 0,
+    };
+    ctx.registry.add_session(info, handle);
+    let tls = client.is_tls();
+    let session = Session {
+        id,
+        client: Link::new(client),
+        client_info: ClientInfo {
+            addr: client_addr,
+            tls,
+        },
+        backend: Some(Link::new(backend)),
+        backend_name: backend_config.name.clone(),
+        adapter,
+        cmds,
+        migration: None,
+        held: VecDeque::new(),
+        held_len: 0,
+        paused: false,
+        client_done: false,
+        identity: None,
+        lost_since: None,
+        retry_at: None,
+        pending_reply: None,
+        ctx,
+    };
+    let span = tracing::info_span!("session", session.id = id, listener = %session.ctx.listener, client.addr = %client_addr);
+    session.run().instrument(span).await;
+}
+
+impl Session {
+    async fn run(mut self) {
+        debug!(backend = %self.backend_name, "session started");
+        let reason = self.main_loop().await;
+        self.finish(reason).await;
+    }
+
+    async fn main_loop(&mut self) -> CloseReason {
+        loop {
+            if let Some(reason) = self.step().await {
+                return reason;
+            }
+            if let Some(reason) = self.after_event() {
+                return reason;
+            }
+        }
+    }
+
+    /// Waits for one event and handles it; `Some` ends the session.
+    async fn step(&mut self) -> Option<CloseReason> {
+        let read_client = self.want_client_read();
+        let read_backend = self.client.out_len() < OUT_LIMIT;
+        let client_pollable = self.client.pollable(read_client);
+        let backend_pollable = self
+            .backend
+            .as_ref()
+            .is_some_and(|b| b.pollable(read_backend));
+        let deadline = self
+            .migration
+            .as_ref()
+            .and_then(Migration::deadline)
+            .or(self.retry_at);
+        let shutdown = self.ctx.shutdown.clone();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Some(CloseReason::Shutdown),
+            cmd = self.cmds.recv() => match cmd {
+                Some(SessionCommand::Migrate { to, reason, reply }) => {
+                    self.start_migration(to, reason, Some(reply));
+                    None
+                }
+                Some(SessionCommand::Close) | None => Some(CloseReason::Admin),
+            },
+            ev = self.client.io(read_client), if client_pollable => self.on_client_io(ev),
+            ev = io_opt(&mut self.backend, read_backend), if backend_pollable => self.on_backend_io(ev),
+            ev = migrate::poll(&mut self.migration) => self.on_migration_event(ev),
+            _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                self.on_deadline();
+                None
+            },
+        }
+    }
+
+    fn want_client_read(&self) -> bool {
+        if self.client_done {
+            return false;
+        }
+        if self.paused {
+            return self.held_len < self.ctx.migration.inflight_limit_bytes;
+        }
+        self.backend
+            .as_ref()
+            .is_some_and(|b| b.out_len() < OUT_LIMIT)
+    }
+
+    fn on_client_io(&mut self, ev: std::io::Result<IoEvent>) -> Option<CloseReason> {
+        match ev {
+            Err(e) => Some(CloseReason::Io(format!("client: {e}"))),
+            Ok(IoEvent::Wrote) => None,
+            Ok(IoEvent::Read(0)) => {
+                self.client_done = true;
+                // Half-close: whatever the client sent still goes to the backend.
+                if self.migration.is_some() && !self.paused {
+                    self.abort_migration("the client closed");
+                }
+                if self.backend.is_none() || self.paused {
+                    return Some(CloseReason::Client);
+                }
+                None
+            }
+            Ok(IoEvent::Read(_)) => self.client_frames().err(),
+        }
+    }
+
+    /// Frames what the client sent and routes each frame.
+    fn client_frames(&mut self) -> Result<(), CloseReason> {
+        loop {
+            let frame = match self
+                .adapter
+                .decode(Direction::ClientToBackend, &mut self.client.rbuf)
+            {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return Err(CloseReason::Protocol(format!("client sent {e}"))),
+            };
+            match self.adapter.observe(Direction::ClientToBackend, &frame) {
+                Verdict::Forward => self.send_to_backend(frame),
+                Verdict::Rewrite(bytes) => self.send_to_backend(bytes),
+                Verdict::Reply(bytes) => self.client.push(bytes),
+                Verdict::Hide | Verdict::MoveTo(_) => {}
+            }
+        }
+        self.client.release_idle();
+        Ok(())
+    }
+
+    fn send_to_backend(&mut self, frame: Bytes) {
+        match (&mut self.backend, self.paused) {
+            (Some(link), false) => link.push(frame),
+            _ => {
+                self.held_len += frame.len();
+                self.held.push_back(frame);
+            }
+        }
+    }
+
+    fn on_backend_io(&mut self, ev: std::io::Result<IoEvent>) -> Option<CloseReason> {
+        match ev {
+            Ok(IoEvent::Wrote) => None,
+            Ok(IoEvent::Read(0)) => self.backend_lost("closed the connection"),
+            Err(e) => self.backend_lost(&e.to_string()),
+            Ok(IoEvent::Read(_)) => self.backend_frames().err(),
+        }
+    }
+
+    /// Frames what the current backend sent and routes each frame.
+    fn backend_frames(&mut self) -> Result<(), CloseReason> {
+        while let Some(link) = self.backend.as_mut() {
+            let frame = match self
+                .adapter
+                .decode(Direction::BackendToClient, &mut link.rbuf)
+            {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    link.release_idle();
+                    break;
+                }
+                Err(e) => return Err(CloseReason::Protocol(format!("backend sent {e}"))),
+            };
+            if self
+                .migration
+                .as_mut()
+                .is_some_and(|m| m.is_flush_reply(&mut *self.adapter, &frame))
+            {
+                // A has processed everything the client sent before the pause: cut over now;
+                // whatever A says after this, B says too.
+                self.cut_over();
+                break;
+            }
+            self.route_backend_frame(frame);
+        }
+        Ok(())
+    }
+
+    /// Applies the adapter's verdict to one frame of the current backend.
+    fn route_backend_frame(&mut self, frame: Bytes) {
+        match self.adapter.observe(Direction::BackendToClient, &frame) {
+            Verdict::Forward => self.client.push(frame),
+            Verdict::Rewrite(bytes) => self.client.push(bytes),
+            Verdict::Reply(bytes) => {
+                if let Some(link) = self.backend.as_mut() {
+                    link.push(bytes);
+                }
+            }
+            Verdict::Hide => {}
+            Verdict::MoveTo(addr) => self.backend_asks_to_move(&addr),
+        }
+    }
+
+    fn backend_asks_to_move(&mut self, addr: &str) {
+        let target = self
+            .ctx
+            .registry
+            .backends()
+            .into_iter()
+            .find(|b| b.config.address == addr)
+            .map(|b| b.config.name);
+        match target {
+            Some(name) => self.start_migration(Some(name), MigrationReason::Backend, None),
+            None => info!(
+                address = addr,
+                "backend asked to move to an address no backend has; ignored"
+            ),
+        }
+    }
+
+    /// The current backend is gone. Fail over unless the client is done anyway.
+    fn backend_lost(&mut self, why: &str) -> Option<CloseReason> {
+        if self.client_done {
+            return Some(CloseReason::Backend);
+        }
+        if !self.adapter.failover_on_close() {
+            return Some(CloseReason::Backend);
+        }
+        info!(backend = %self.backend_name, why, "backend lost; failing over");
+        if let Some(mut link) = self.backend.take() {
+            // Client bytes A never took go first in the held queue: they reach B instead.
+            let mut unsent = link.take_unsent();
+            self.held_len += unsent.iter().map(Bytes::len).sum::<usize>();
+            unsent.extend(self.held.drain(..));
+            self.held = unsent;
+        }
+        self.paused = true;
+        self.lost_since.get_or_insert_with(Instant::now);
+        if let Some(m) = self.migration.as_mut() {
+            m.source_lost();
+        } else {
+            self.start_migration(None, MigrationReason::Failover, None);
+        }
+        None
+    }
+
+    /// Checks done after every event: identity changes, cut-over readiness, failover retries.
+    fn after_event(&mut self) -> Option<CloseReason> {
+        if self
+            .migration
+            .as_ref()
+            .is_some_and(|m| m.ready_to_cut(self.backend.as_ref()))
+        {
+            self.cut_over();
+        }
+        if self.backend.is_none() && self.migration.is_none() {
+            return self.retry_failover();
+        }
+        if self.client_done
+            && self.backend.as_ref().is_some_and(|b| !b.busy())
+            && self.migration.is_none()
+        {
+            return Some(CloseReason::Client);
+        }
+        let identity = self.adapter.identity();
+        if identity != self.identity {
+            self.ctx.registry.set_identity(self.id, identity.clone());
+            self.identity = identity;
+        }
+        None
+    }
+
+    async fn finish(mut self, reason: CloseReason) {
+        if let Some(m) = self.migration.take() {
+            m.abandon(&self.ctx.registry);
+        }
+        let grace = Duration::from_secs(2);
+        if let Some(mut link) = self.backend.take() {
+            for frame in self.held.drain(..) {
+                link.push(frame);
+            }
+            tokio::spawn(link.finish(grace));
+        }
+        self.ctx.registry.remove_session(self.id);
+        self.ctx
+            .registry
+            .metrics
+            .session_closed(&self.ctx.listener, reason.label());
+        match &reason {
+            CloseReason::Protocol(why) | CloseReason::Io(why) => {
+                info!(reason = reason.label(), why = %why, "session closed")
+            }
+            CloseReason::BackendLost => info!(
+                reason = reason.label(),
+                "session closed: no backend could take it"
+            ),
+            _ => debug!(reason = reason.label(), "session closed"),
+        }
+        self.client.finish(grace).await;
+    }
+}
+
+async fn io_opt(link: &mut Option<Link>, want_read: bool) -> std::io::Result<IoEvent> {
+    match link {
+        Some(link) => link.io(want_read).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
