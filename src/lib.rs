@@ -6,3 +6,4 @@ pub mod app;
 pub mod config;
 pub mod net;
 pub mod protocol;
+pub mod telemetry;
