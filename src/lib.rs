@@ -2,6 +2,7 @@
 //! between backends without the client noticing.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod net;

@@ -124,7 +124,11 @@ pub trait ControlApi: Send + Sync + 'static {
     fn undrain(&self, name: &str) -> Result<BackendView, ControlError>;
     fn sessions(&self) -> Vec<SessionView>;
     /// Moves one session; `NotFound` for an unknown id, `Conflict` when it cannot move now.
-    fn migrate(&self, id: &str, to: Option<String>) -> BoxFuture<'_, Result<MigrateReply, ControlError>>;
+    fn migrate(
+        &self,
+        id: &str,
+        to: Option<String>,
+    ) -> BoxFuture<'_, Result<MigrateReply, ControlError>>;
     /// The Prometheus text exposition.
     fn metrics_text(&self) -> String;
 }
