@@ -219,7 +219,7 @@ async fn status(client: &AdminClient) -> anyhow::Result<()> {
 async fn drain(args: &DrainArgs) -> anyhow::Result<()> {
     let name = &args.name;
     match args.admin.client().drain(name, args.wait).await? {
-        DrainReply::Started(s) => println!("{} {name}: {} sessions to move", s.state, s.sessions),
+        DrainReply::Started(s) => println!("{} {name}: {} to move", s.state, sessions(s.sessions)),
         DrainReply::Finished(f) => {
             let counts = format!("{} migrated, {} failed", f.migrated, f.failed);
             if f.state != "drained" {
@@ -228,16 +228,32 @@ async fn drain(args: &DrainArgs) -> anyhow::Result<()> {
             }
             println!("drained {name}: {counts}");
             if f.failed > 0 {
-                bail!("{} sessions could not be moved off {name}", f.failed);
+                bail!(
+                    "{} could not be moved off {name}",
+                    sessions(f.failed as usize)
+                );
             }
         }
     }
     Ok(())
 }
 
+fn sessions(n: usize) -> String {
+    if n == 1 {
+        "1 session".into()
+    } else {
+        format!("{n} sessions")
+    }
+}
+
 async fn undrain(args: &UndrainArgs) -> anyhow::Result<()> {
     let b = args.admin.client().undrain(&args.name).await?;
-    println!("undrained {}: {}, {} sessions", b.name, b.state, b.sessions);
+    println!(
+        "undrained {}: {}, {}",
+        b.name,
+        b.state,
+        sessions(b.sessions)
+    );
     Ok(())
 }
 
