@@ -111,7 +111,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(path) => Some(crate::config::read_token(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    info!(address = %admin, "admin API listening");
     tracker.spawn(crate::admin::serve(
         admin_socket,
         engine.clone(),

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod drain;

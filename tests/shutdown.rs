@@ -13,7 +13,11 @@ use common::fake::EchoBackend;
 /// Starts `handover serve` on port 0; returns the child and the listener's bound address,
 /// read from its "listening" log line.
 fn serve(backend: SocketAddr) -> (Child, SocketAddr, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("handover-shutdown-{}-{}", std::process::id(), backend.port()));
+    let dir = std::env::temp_dir().join(format!(
+        "handover-shutdown-{}-{}",
+        std::process::id(),
+        backend.port()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("handover.toml");
     std::fs::write(
@@ -32,10 +36,18 @@ fn serve(backend: SocketAddr) -> (Child, SocketAddr, std::path::PathBuf) {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
-        let line = lines.next().expect("the proxy logs before exiting").unwrap();
+        let line = lines
+            .next()
+            .expect("the proxy logs before exiting")
+            .unwrap();
         if line.contains("listening") && line.contains("listener=main") {
             let at = line.find("address=").unwrap() + "address=".len();
-            break line[at..].split_whitespace().next().unwrap().parse().unwrap();
+            break line[at..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
         }
     };
     // Keep draining stderr so the child never blocks on a full pipe.
@@ -44,7 +56,11 @@ fn serve(backend: SocketAddr) -> (Child, SocketAddr, std::path::PathBuf) {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok);
 }
 
@@ -73,7 +89,9 @@ fn echo_roundtrip(addr: SocketAddr) -> TcpStream {
 async fn sigterm_closes_sessions_and_exits_within_the_grace_period() {
     let backend = EchoBackend::start().await;
     let (mut child, addr, dir) = serve(backend.addr);
-    let mut client = tokio::task::spawn_blocking(move || echo_roundtrip(addr)).await.unwrap();
+    let mut client = tokio::task::spawn_blocking(move || echo_roundtrip(addr))
+        .await
+        .unwrap();
     signal(&child, "-TERM");
     let status = tokio::task::spawn_blocking(move || {
         let status = wait_exit(&mut child, Duration::from_secs(12));
@@ -98,7 +116,9 @@ async fn sigterm_closes_sessions_and_exits_within_the_grace_period() {
 async fn sigint_exits_at_once() {
     let backend = EchoBackend::start().await;
     let (mut child, addr, dir) = serve(backend.addr);
-    let _client = tokio::task::spawn_blocking(move || echo_roundtrip(addr)).await.unwrap();
+    let _client = tokio::task::spawn_blocking(move || echo_roundtrip(addr))
+        .await
+        .unwrap();
     signal(&child, "-INT");
     let status = tokio::task::spawn_blocking(move || {
         let status = wait_exit(&mut child, Duration::from_secs(2));

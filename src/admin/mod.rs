@@ -20,6 +20,7 @@
 //! Path segments are percent-decoded, so the client may encode names.
 
 pub mod api;
+pub mod client;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
