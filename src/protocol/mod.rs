@@ -91,8 +91,9 @@ pub trait Protocol: Send + Sync + 'static {
 ///
 /// Migration calls, in order: `can_migrate`, `backend_prelude`, `start_register`,
 /// `on_register_frame`… until `Done`, `flush_mark` (then `is_flush_reply` on A's frames),
-/// `detach`, `cutover`; after that the new backend's frames go through `observe` again. A
-/// failed migration calls `abort_migration` and the adapter must behave as if it never began.
+/// `detach`, `cutover`; after that the new backend's frames go through `observe` again, the
+/// held ones first, then `held_lines_done`. A failed migration calls `abort_migration` and the
+/// adapter must behave as if it never began.
 pub trait SessionAdapter: Send + 'static {
     /// Splits one frame off the front of `buf`. `Ok(None)` means more bytes are needed;
     /// `Err` closes this session. Must enforce the protocol's hard size limits itself.
@@ -141,6 +142,13 @@ pub trait SessionAdapter: Send + 'static {
     fn cutover(&mut self) -> Vec<Bytes> {
         Vec::new()
     }
+
+    /// After [`SessionAdapter::cutover`], the session has passed every frame of the new backend
+    /// that it held back during the overlap (read before the cut) through `observe`; frames
+    /// observed from now on were read after the cut. Adapters that deduplicate the overlap
+    /// (IRC) use it to bound how long they keep doing so. Call it once per migration, also when
+    /// nothing was held.
+    fn held_lines_done(&mut self) {}
 
     /// The migration failed; forget what it started.
     fn abort_migration(&mut self) {}
