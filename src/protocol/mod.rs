@@ -3,6 +3,7 @@
 //! The session task (`session/`) owns the sockets and timers; an adapter only ever sees bytes
 //! and frames. Adding a protocol is one new module here and one line in [`PROTOCOLS`].
 
+pub mod irc;
 pub mod raw;
 
 use std::time::Duration;
