@@ -164,7 +164,10 @@ type Constructor = fn(&ListenerConfig) -> Box<dyn Protocol>;
 
 /// THE protocol table: one line per protocol. Config, CLI, metrics and admin all resolve
 /// protocols by name through it.
-pub const PROTOCOLS: &[(&str, Constructor)] = &[("raw", |l| Box::new(raw::RawProtocol::new(l)))];
+pub const PROTOCOLS: &[(&str, Constructor)] = &[
+    ("irc", |l| Box::new(irc::IrcProtocol::new(l))),
+    ("raw", |l| Box::new(raw::RawProtocol::new(l))),
+];
 
 /// Looks a protocol up by its config name.
 pub fn lookup(name: &str, listener: &ListenerConfig) -> Option<Box<dyn Protocol>> {

@@ -2,12 +2,27 @@
 //! temporary nick on linked networks, and a seamless cut.
 //!
 //! Files: `message` (codec and message view), `numerics`, `snapshot` (what is learned),
-//! `observe` (how it is learned), `register` + `caps` (re-registration on the new backend).
+//! `observe` (how it is learned), `register` + `caps` (re-registration on the new backend),
+//! `dedupe` (the overlap of both links), `reconcile` (taking the nick back after the cut).
+//!
+//! The migration, from this adapter's side:
+//!
+//! 1. `start_register` replays PASS, CAP/SASL, NICK (temporary on a linked network), USER;
+//!    `on_register_frame` answers PING, retries a taken nick, rejoins, restores user modes and
+//!    away, and reports `Done` behind a PING barrier (see `register`).
+//! 2. From B's 001 to the cut, A's forwarded lines are counted for deduplication.
+//! 3. `flush_mark` / `is_flush_reply`: `PING :handover-<token>` and its PONG.
+//! 4. `detach` quits A; `cutover` starts taking the real nick back (`reconcile`) and turns the
+//!    overlap counts into the dedupe of B's lines.
+//! 5. B's lines go through `observe`: duplicates hidden, the old QUIT hidden, the temporary
+//!    nick rewritten, until the real nick is back; `held_lines_done` ends the held part.
 
 mod caps;
+mod dedupe;
 pub mod message;
 mod numerics;
 mod observe;
+mod reconcile;
 mod register;
 pub mod snapshot;
 #[cfg(test)]
@@ -19,19 +34,48 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
-use self::message::{decode_line, line, untagged, Message};
+use self::dedupe::Dedupe;
+use self::message::{decode_line, irc_eq, line, untagged, Message};
 use self::observe::{bounce_target, Observer};
+use self::reconcile::{Reclaim, Step};
 use self::register::Register;
 use self::snapshot::{Sasl, Snapshot};
 use super::{
-    ClientInfo, Direction, FrameError, RegisterStart, RegisterStep, SessionAdapter, Verdict,
+    ClientInfo, Direction, FrameError, Protocol, RegisterStart, RegisterStep, SessionAdapter,
+    Verdict,
 };
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, ListenerConfig};
 
 /// The prefix of every token handover puts in a PING; PONGs carrying it never reach a client.
 const TOKEN_PREFIX: &[u8] = b"handover-";
 /// What other users see when the old link leaves.
 const QUIT_MESSAGE: &str = ":Changing servers";
+
+pub struct IrcProtocol {
+    linked: bool,
+}
+
+impl IrcProtocol {
+    pub fn new(listener: &ListenerConfig) -> Self {
+        Self {
+            linked: listener.irc_linked.unwrap_or(true),
+        }
+    }
+}
+
+impl Protocol for IrcProtocol {
+    fn name(&self) -> &'static str {
+        "irc"
+    }
+
+    fn validate_backend(&self, _backend: &BackendConfig) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn new_session(&self, _listener: &ListenerConfig) -> Box<dyn SessionAdapter> {
+        Box::new(IrcSession::new(self.linked))
+    }
+}
 
 /// One IRC session's adapter state.
 #[derive(Debug)]
@@ -39,8 +83,17 @@ pub struct IrcSession {
     linked: bool,
     snap: Snapshot,
     observer: Observer,
-    migration: Option<Register>,
+    migration: Option<Migration>,
     flush_token: Option<String>,
+    reclaim: Option<Reclaim>,
+    dedupe: Option<Dedupe>,
+}
+
+/// A migration between `start_register` and `cutover`.
+#[derive(Debug)]
+struct Migration {
+    register: Register,
+    dedupe: Dedupe,
 }
 
 impl IrcSession {
@@ -51,6 +104,8 @@ impl IrcSession {
             observer: Observer::default(),
             migration: None,
             flush_token: None,
+            reclaim: None,
+            dedupe: None,
         }
     }
 
@@ -59,8 +114,78 @@ impl IrcSession {
         &self.snap
     }
 
+    fn observe_client(&mut self, frame: &Bytes) -> Verdict {
+        let Some(msg) = Message::parse(frame) else {
+            return Verdict::Forward;
+        };
+        self.observer
+            .client_line(&mut self.snap, &msg, untagged(frame));
+        match self
+            .reclaim
+            .as_ref()
+            .and_then(|r| r.rewrite_client(&msg, frame))
+        {
+            Some(bytes) => Verdict::Rewrite(bytes),
+            None => Verdict::Forward,
+        }
+    }
+
+    fn observe_backend(&mut self, frame: &Bytes) -> Verdict {
+        let Some(msg) = Message::parse(frame) else {
+            return Verdict::Forward;
+        };
+        if let Some(verdict) = self.reconcile(&msg, frame) {
+            return verdict;
+        }
+        if let Some(dedupe) = self.dedupe.as_mut() {
+            let duplicate = dedupe.is_duplicate(&msg, untagged(frame));
+            if dedupe.finished() {
+                self.dedupe = None;
+            }
+            if duplicate {
+                return Verdict::Hide;
+            }
+        }
+        let Some(rewritten) = self.reclaim.as_ref().and_then(|r| r.rewrite(&msg, frame)) else {
+            return self.learn(&msg, frame);
+        };
+        let Some(msg) = Message::parse(&rewritten) else {
+            return Verdict::Forward;
+        };
+        match self.learn(&msg, &rewritten) {
+            Verdict::Forward => Verdict::Rewrite(rewritten),
+            other => other,
+        }
+    }
+
+    /// The reclaim's say on a B line, if it has one.
+    fn reconcile(&mut self, msg: &Message, frame: &Bytes) -> Option<Verdict> {
+        let reclaim = self.reclaim.as_mut()?;
+        let shared = !self.snap.channels.is_empty();
+        let (verdict, finished) = match reclaim.on_line(msg, frame, shared) {
+            Step::Pass => return None,
+            Step::Hide => (Verdict::Hide, false),
+            Step::Reply(bytes) => (Verdict::Reply(bytes), false),
+            Step::Reclaimed => (Verdict::Hide, true),
+            Step::GaveUp(bytes) => {
+                self.snap.nick = Some(reclaim.temp().to_string());
+                (Verdict::Rewrite(bytes), true)
+            }
+            Step::ClientRenamed(bytes) => {
+                if let Some(renamed) = Message::parse(&bytes) {
+                    self.observer.server_line(&mut self.snap, &renamed);
+                }
+                (Verdict::Rewrite(bytes), true)
+            }
+        };
+        if finished {
+            self.reclaim = None;
+        }
+        Some(verdict)
+    }
+
     /// Learns from a line on its way to the client and says what becomes of it.
-    fn learn(&mut self, msg: &Message) -> Verdict {
+    fn learn(&mut self, msg: &Message, frame: &[u8]) -> Verdict {
         if msg.is("PONG") && msg.last().is_some_and(|t| t.starts_with(TOKEN_PREFIX)) {
             return Verdict::Hide;
         }
@@ -68,6 +193,9 @@ impl IrcSession {
             if let Some(target) = bounce_target(msg) {
                 return Verdict::MoveTo(target);
             }
+        }
+        if let Some(m) = self.migration.as_mut().filter(|m| m.register.welcomed()) {
+            m.dedupe.record_a(msg, untagged(frame));
         }
         self.observer.server_line(&mut self.snap, msg);
         Verdict::Forward
@@ -80,16 +208,9 @@ impl SessionAdapter for IrcSession {
     }
 
     fn observe(&mut self, dir: Direction, frame: &Bytes) -> Verdict {
-        let Some(msg) = Message::parse(frame) else {
-            return Verdict::Forward;
-        };
         match dir {
-            Direction::ClientToBackend => {
-                self.observer
-                    .client_line(&mut self.snap, &msg, untagged(frame));
-                Verdict::Forward
-            }
-            Direction::BackendToClient => self.learn(&msg),
+            Direction::ClientToBackend => self.observe_client(frame),
+            Direction::BackendToClient => self.observe_backend(frame),
         }
     }
 
@@ -100,6 +221,9 @@ impl SessionAdapter for IrcSession {
     fn can_migrate(&self) -> Result<(), String> {
         if !self.snap.registered() {
             return Err("not registered yet".into());
+        }
+        if self.reclaim.is_some() {
+            return Err("the previous migration is still taking the nick back".into());
         }
         if self.observer.quitting {
             return Err("the client is quitting".into());
@@ -134,19 +258,26 @@ impl SessionAdapter for IrcSession {
     fn start_register(&mut self) -> Result<RegisterStart, String> {
         self.can_migrate()?;
         let (register, send) = Register::start(&self.snap, self.linked, random_u64())?;
-        self.migration = Some(register);
+        self.migration = Some(Migration {
+            register,
+            dedupe: Dedupe::default(),
+        });
         self.flush_token = None;
+        self.dedupe = None;
         Ok(RegisterStart { send, settle: None })
     }
 
     fn on_register_frame(&mut self, frame: &Bytes) -> RegisterStep {
-        let Some(register) = self.migration.as_mut() else {
+        let Some(m) = self.migration.as_mut() else {
             return RegisterStep::Failed("no migration in progress".into());
         };
-        match Message::parse(frame) {
-            Some(msg) => register.on_line(&self.snap, &msg),
-            None => RegisterStep::Continue(Vec::new()),
+        let Some(msg) = Message::parse(frame) else {
+            return RegisterStep::Continue(Vec::new());
+        };
+        if m.register.welcomed() {
+            m.dedupe.record_b_early(&msg, untagged(frame));
         }
+        m.register.on_line(&self.snap, &msg)
     }
 
     fn flush_mark(&mut self) -> Option<Bytes> {
@@ -172,6 +303,29 @@ impl SessionAdapter for IrcSession {
         Some(line(&["QUIT", QUIT_MESSAGE]))
     }
 
+    fn cutover(&mut self) -> Vec<Bytes> {
+        let Some(mut m) = self.migration.take() else {
+            return Vec::new();
+        };
+        self.flush_token = None;
+        m.dedupe.cutover();
+        self.dedupe = (!m.dedupe.finished()).then_some(m.dedupe);
+        let real = self.snap.nick.clone().unwrap_or_default();
+        let temp = m.register.nick();
+        if irc_eq(temp.as_bytes(), real.as_bytes()) {
+            return Vec::new();
+        }
+        let (reclaim, nick) = Reclaim::start(&real, temp, m.register.userhost());
+        self.reclaim = Some(reclaim);
+        vec![nick]
+    }
+
+    fn held_lines_done(&mut self) {
+        if let Some(dedupe) = self.dedupe.as_mut() {
+            dedupe.held_lines_done();
+        }
+    }
+
     fn abort_migration(&mut self) {
         self.migration = None;
         self.flush_token = None;
@@ -180,8 +334,13 @@ impl SessionAdapter for IrcSession {
     fn snapshot_size(&self) -> usize {
         self.snap.heap_size()
             + self.observer.heap_size()
-            + self.migration.as_ref().map_or(0, |_| 256)
+            + self
+                .migration
+                .as_ref()
+                .map_or(0, |m| m.dedupe.heap_size() + 256)
             + self.flush_token.as_ref().map_or(0, String::capacity)
+            + self.reclaim.as_ref().map_or(0, Reclaim::heap_size)
+            + self.dedupe.as_ref().map_or(0, Dedupe::heap_size)
     }
 }
 

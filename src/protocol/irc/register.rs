@@ -39,6 +39,8 @@ pub struct Register {
     away_pending: bool,
     barrier: String,
     barrier_seen: bool,
+    /// `user@host` of our user on B, from its own echoes.
+    userhost: Option<String>,
 }
 
 impl Register {
@@ -75,8 +77,22 @@ impl Register {
             away_pending: false,
             barrier: format!("handover-reg-{seed:x}"),
             barrier_seen: false,
+            userhost: None,
         };
         Ok((register, send))
+    }
+
+    pub fn nick(&self) -> &str {
+        &self.nick
+    }
+
+    /// B's 001 arrived: from now on B sits in the channels too.
+    pub fn welcomed(&self) -> bool {
+        self.welcomed
+    }
+
+    pub fn userhost(&self) -> Option<&str> {
+        self.userhost.as_deref()
     }
 
     /// Feeds one line of B.
@@ -190,6 +206,9 @@ impl Register {
         let from_me = msg
             .source_nick()
             .is_some_and(|n| irc_eq(n, self.nick.as_bytes()));
+        if from_me && self.userhost.is_none() {
+            self.userhost = msg.source_userhost().map(text);
+        }
         if msg.is("JOIN") && from_me {
             self.mark(msg.param(0), |c| c.1 = true);
         } else if cmd == RPL_ENDOFNAMES.as_bytes() {

@@ -1,6 +1,7 @@
 //! Session-level tests: the adapter fed realistic ngircd 26 / inspircd 3 lines, no sockets.
 
 mod learning;
+mod migration;
 mod register;
 
 use bytes::Bytes;
