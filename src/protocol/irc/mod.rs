@@ -3,7 +3,8 @@
 //!
 //! Files: `message` (codec and message view), `numerics`, `snapshot` (what is learned),
 //! `observe` (how it is learned), `register` + `caps` (re-registration on the new backend),
-//! `dedupe` (the overlap of both links), `reconcile` (taking the nick back after the cut).
+//! `dedupe` (the overlap of both links), `fixup` (changes made on A during the overlap),
+//! `reconcile` (taking the nick back after the cut).
 //!
 //! The migration, from this adapter's side:
 //!
@@ -12,13 +13,15 @@
 //!    away, and reports `Done` behind a PING barrier (see `register`).
 //! 2. From B's 001 to the cut, A's forwarded lines are counted for deduplication.
 //! 3. `flush_mark` / `is_flush_reply`: `PING :handover-<token>` and its PONG.
-//! 4. `detach` quits A; `cutover` starts taking the real nick back (`reconcile`) and turns the
-//!    overlap counts into the dedupe of B's lines.
+//! 4. `detach` quits A; `cutover` sends B what the client changed on A meanwhile (`fixup`),
+//!    starts taking the real nick back (`reconcile`) and turns the overlap counts into the
+//!    dedupe of B's lines.
 //! 5. B's lines go through `observe`: duplicates hidden, the old QUIT hidden, the temporary
 //!    nick rewritten, until the real nick is back; `held_lines_done` ends the held part.
 
 mod caps;
 mod dedupe;
+mod fixup;
 pub mod message;
 mod numerics;
 mod observe;
@@ -35,6 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 
 use self::dedupe::Dedupe;
+use self::fixup::{Fix, Fixup};
 use self::message::{decode_line, irc_eq, line, untagged, Message};
 use self::observe::{bounce_target, Observer};
 use self::reconcile::{Reclaim, Step};
@@ -85,6 +89,7 @@ pub struct IrcSession {
     observer: Observer,
     migration: Option<Migration>,
     flush_token: Option<String>,
+    fixup: Option<Fixup>,
     reclaim: Option<Reclaim>,
     dedupe: Option<Dedupe>,
 }
@@ -104,6 +109,7 @@ impl IrcSession {
             observer: Observer::default(),
             migration: None,
             flush_token: None,
+            fixup: None,
             reclaim: None,
             dedupe: None,
         }
@@ -135,6 +141,9 @@ impl IrcSession {
             return Verdict::Forward;
         };
         if let Some(verdict) = self.reconcile(&msg, frame) {
+            return verdict;
+        }
+        if let Some(verdict) = self.fix(&msg) {
             return verdict;
         }
         if let Some(dedupe) = self.dedupe.as_mut() {
@@ -184,6 +193,24 @@ impl IrcSession {
         Some(verdict)
     }
 
+    /// The cut-time fixup's say on a B line, if it has one.
+    fn fix(&mut self, msg: &Message) -> Option<Verdict> {
+        match self.fixup.as_mut()?.on_line(msg) {
+            Fix::Pass => None,
+            Fix::Hide => Some(Verdict::Hide),
+            Fix::Finished => {
+                self.fixup = None;
+                Some(Verdict::Hide)
+            }
+            Fix::Replace(bytes) => {
+                if let Some(shown) = Message::parse(&bytes) {
+                    self.observer.server_line(&mut self.snap, &shown);
+                }
+                Some(Verdict::Rewrite(bytes))
+            }
+        }
+    }
+
     /// Learns from a line on its way to the client and says what becomes of it.
     fn learn(&mut self, msg: &Message, frame: &[u8]) -> Verdict {
         if msg.is("PONG") && msg.last().is_some_and(|t| t.starts_with(TOKEN_PREFIX)) {
@@ -224,6 +251,9 @@ impl SessionAdapter for IrcSession {
         }
         if self.reclaim.is_some() {
             return Err("the previous migration is still taking the nick back".into());
+        }
+        if self.fixup.is_some() {
+            return Err("the previous migration is still settling".into());
         }
         if self.observer.quitting {
             return Err("the client is quitting".into());
@@ -311,13 +341,18 @@ impl SessionAdapter for IrcSession {
         m.dedupe.cutover();
         self.dedupe = (!m.dedupe.finished()).then_some(m.dedupe);
         let real = self.snap.nick.clone().unwrap_or_default();
-        let temp = m.register.nick();
-        if irc_eq(temp.as_bytes(), real.as_bytes()) {
-            return Vec::new();
+        let mut send = Vec::new();
+        if let Some((fixup, fix)) = Fixup::plan(&self.snap, &m.register, &real, random_u64()) {
+            self.fixup = Some(fixup);
+            send = fix;
         }
-        let (reclaim, nick) = Reclaim::start(&real, temp, m.register.userhost());
-        self.reclaim = Some(reclaim);
-        vec![nick]
+        let temp = m.register.nick();
+        if !irc_eq(temp.as_bytes(), real.as_bytes()) {
+            let (reclaim, nick) = Reclaim::start(&real, temp, m.register.userhost());
+            self.reclaim = Some(reclaim);
+            send.push(nick);
+        }
+        send
     }
 
     fn held_lines_done(&mut self) {
@@ -340,6 +375,7 @@ impl SessionAdapter for IrcSession {
                 .map_or(0, |m| m.dedupe.heap_size() + 256)
             + self.flush_token.as_ref().map_or(0, String::capacity)
             + self.reclaim.as_ref().map_or(0, Reclaim::heap_size)
+            + self.fixup.as_ref().map_or(0, |_| 256)
             + self.dedupe.as_ref().map_or(0, Dedupe::heap_size)
     }
 }

@@ -37,6 +37,9 @@ pub struct Register {
     /// Rejoined channels: name, JOIN echo seen, 366 seen.
     channels: Vec<(String, bool, bool)>,
     away_pending: bool,
+    /// The user modes and away text sent at 001, for the fixup at the cut.
+    given_modes: String,
+    given_away: Option<String>,
     barrier: String,
     barrier_seen: bool,
     /// `user@host` of our user on B, from its own echoes.
@@ -75,6 +78,8 @@ impl Register {
             welcomed: false,
             channels: Vec::new(),
             away_pending: false,
+            given_modes: String::new(),
+            given_away: None,
             barrier: format!("handover-reg-{seed:x}"),
             barrier_seen: false,
             userhost: None,
@@ -84,6 +89,15 @@ impl Register {
 
     pub fn nick(&self) -> &str {
         &self.nick
+    }
+
+    /// What B was given at its 001.
+    pub fn given(&self) -> Given {
+        Given {
+            channels: self.channels.iter().map(|c| c.0.clone()).collect(),
+            modes: self.given_modes.clone(),
+            away: self.given_away.clone(),
+        }
     }
 
     /// B's 001 arrived: from now on B sits in the channels too.
@@ -188,14 +202,19 @@ impl Register {
             .iter()
             .map(|c| (c.name.clone(), false, false))
             .collect();
-        let modes = snap.replayable_modes();
-        if !modes.is_empty() {
-            send.push(line(&["MODE", &self.nick, &format!("+{modes}")]));
+        self.given_modes = snap.replayable_modes();
+        if !self.given_modes.is_empty() {
+            send.push(line(&[
+                "MODE",
+                &self.nick,
+                &format!("+{}", self.given_modes),
+            ]));
         }
         if let Some(away) = &snap.away {
             send.push(line(&["AWAY", &format!(":{away}")]));
             self.away_pending = true;
         }
+        self.given_away = snap.away.clone();
         send.push(line(&["PING", &format!(":{}", self.barrier)]));
         RegisterStep::Continue(send)
     }
@@ -235,6 +254,14 @@ impl Register {
             f(c);
         }
     }
+}
+
+/// The state B was given at its 001: channels, user modes, away text.
+#[derive(Debug)]
+pub struct Given {
+    pub channels: Vec<String>,
+    pub modes: String,
+    pub away: Option<String>,
 }
 
 fn param_is_channel(msg: &Message) -> bool {

@@ -1,5 +1,6 @@
 //! Session-level tests: the adapter fed realistic ngircd 26 / inspircd 3 lines, no sockets.
 
+mod fixup;
 mod learning;
 mod migration;
 mod register;
