@@ -211,6 +211,23 @@ impl IrcSession {
         }
     }
 
+    /// Whether the snapshot can be re-created elsewhere at all.
+    fn replayable(&self) -> Result<(), String> {
+        if !self.snap.registered() {
+            return Err("not registered yet".into());
+        }
+        if self.observer.quitting {
+            return Err("the client is quitting".into());
+        }
+        if let Some(Sasl::Unreplayable(mech)) = &self.snap.sasl {
+            return Err(format!("SASL {mech} cannot be replayed"));
+        }
+        if self.snap.user.is_none() {
+            return Err("the client's USER line was not seen".into());
+        }
+        Ok(())
+    }
+
     /// Learns from a line on its way to the client and says what becomes of it.
     fn learn(&mut self, msg: &Message, frame: &[u8]) -> Verdict {
         if msg.is("PONG") && msg.last().is_some_and(|t| t.starts_with(TOKEN_PREFIX)) {
@@ -245,26 +262,17 @@ impl SessionAdapter for IrcSession {
         self.snap.nick.clone()
     }
 
+    /// Refuses while the previous migration is still settling on the current backend (a
+    /// moment: the fixup barrier, the nick reclaim), so a drain retries later; and for good
+    /// when the session can't be re-created at all.
     fn can_migrate(&self) -> Result<(), String> {
-        if !self.snap.registered() {
-            return Err("not registered yet".into());
-        }
         if self.reclaim.is_some() {
             return Err("the previous migration is still taking the nick back".into());
         }
         if self.fixup.is_some() {
             return Err("the previous migration is still settling".into());
         }
-        if self.observer.quitting {
-            return Err("the client is quitting".into());
-        }
-        if let Some(Sasl::Unreplayable(mech)) = &self.snap.sasl {
-            return Err(format!("SASL {mech} cannot be replayed"));
-        }
-        if self.snap.user.is_none() {
-            return Err("the client's USER line was not seen".into());
-        }
-        Ok(())
+        self.replayable()
     }
 
     /// `WEBIRC <password> <gateway> <ip> <ip>`: the hostname is the address itself, so the
@@ -285,8 +293,10 @@ impl SessionAdapter for IrcSession {
         ]))
     }
 
+    /// Only the hard refusals apply here, not a pending reclaim or fixup: a failover must be
+    /// able to leave a backend that dies while they run (the cut replaces both).
     fn start_register(&mut self) -> Result<RegisterStart, String> {
-        self.can_migrate()?;
+        self.replayable()?;
         let (register, send) = Register::start(&self.snap, self.linked, random_u64())?;
         self.migration = Some(Migration {
             register,
@@ -338,6 +348,8 @@ impl SessionAdapter for IrcSession {
             return Vec::new();
         };
         self.flush_token = None;
+        self.fixup = None;
+        self.reclaim = None;
         m.dedupe.cutover();
         self.dedupe = (!m.dedupe.finished()).then_some(m.dedupe);
         let real = self.snap.nick.clone().unwrap_or_default();

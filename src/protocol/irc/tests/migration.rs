@@ -299,3 +299,36 @@ fn b_lines_swallowed_during_registration_are_not_deduped_later() {
         Verdict::Forward
     );
 }
+
+#[test]
+fn a_failover_during_the_reclaim_can_still_leave_and_reclaims_anew() {
+    let mut s = registered_on_ngircd();
+    let temp = migrate_up_to_cut(&mut s);
+    s.cutover();
+    s.held_lines_done();
+    assert!(s.can_migrate().is_err(), "a drain waits for the reclaim");
+    // B dies: the session fails over to C without asking can_migrate.
+    let temp2 = register_on_inspircd(&mut s);
+    // B's lines during the overlap still get the temporary nick rewritten.
+    let notice = format!(":b.irc.test NOTICE {temp} :hi");
+    assert_eq!(
+        server(&mut s, &notice),
+        Verdict::Rewrite(frame(":b.irc.test NOTICE alice :hi"))
+    );
+    s.detach();
+    assert_eq!(texts(&s.cutover()), vec![NICK_ALICE]);
+    let notice2 = format!(":c.irc.test NOTICE {temp2} :hi");
+    assert_eq!(
+        server(&mut s, &notice2),
+        Verdict::Rewrite(frame(":c.irc.test NOTICE alice :hi"))
+    );
+    assert_eq!(
+        server(&mut s, &format!(":{temp}!~alice@127.0.0.1 NICK :alice")),
+        Verdict::Forward
+    );
+    assert_eq!(
+        server(&mut s, &format!(":{temp2}!~alice@127.0.0.1 NICK :alice")),
+        Verdict::Hide
+    );
+    assert_eq!(s.can_migrate(), Ok(()));
+}
