@@ -3,6 +3,7 @@
 //! The session task (`session/`) owns the sockets and timers; an adapter only ever sees bytes
 //! and frames. Adding a protocol is one new module here and one line in [`PROTOCOLS`].
 
+pub mod irc;
 pub mod raw;
 
 use std::time::Duration;
@@ -91,8 +92,9 @@ pub trait Protocol: Send + Sync + 'static {
 ///
 /// Migration calls, in order: `can_migrate`, `backend_prelude`, `start_register`,
 /// `on_register_frame`… until `Done`, `flush_mark` (then `is_flush_reply` on A's frames),
-/// `detach`, `cutover`; after that the new backend's frames go through `observe` again. A
-/// failed migration calls `abort_migration` and the adapter must behave as if it never began.
+/// `detach`, `cutover`; after that the new backend's frames go through `observe` again, the
+/// held ones first, then `held_lines_done`. A failed migration calls `abort_migration` and the
+/// adapter must behave as if it never began.
 pub trait SessionAdapter: Send + 'static {
     /// Splits one frame off the front of `buf`. `Ok(None)` means more bytes are needed;
     /// `Err` closes this session. Must enforce the protocol's hard size limits itself.
@@ -148,7 +150,11 @@ pub trait SessionAdapter: Send + 'static {
         true
     }
 
-    /// The frames the new backend sent before the cut have all been through `observe`.
+    /// After [`SessionAdapter::cutover`], the session has passed every frame of the new backend
+    /// that it held back during the overlap (read before the cut) through `observe`; frames
+    /// observed from now on were read after the cut. Adapters that deduplicate the overlap
+    /// (IRC) use it to bound how long they keep doing so. Call it once per migration, also when
+    /// nothing was held.
     fn held_lines_done(&mut self) {}
 
     /// The migration failed; forget what it started.
@@ -164,7 +170,10 @@ type Constructor = fn(&ListenerConfig) -> Box<dyn Protocol>;
 
 /// THE protocol table: one line per protocol. Config, CLI, metrics and admin all resolve
 /// protocols by name through it.
-pub const PROTOCOLS: &[(&str, Constructor)] = &[("raw", |l| Box::new(raw::RawProtocol::new(l)))];
+pub const PROTOCOLS: &[(&str, Constructor)] = &[
+    ("irc", |l| Box::new(irc::IrcProtocol::new(l))),
+    ("raw", |l| Box::new(raw::RawProtocol::new(l))),
+];
 
 /// Looks a protocol up by its config name.
 pub fn lookup(name: &str, listener: &ListenerConfig) -> Option<Box<dyn Protocol>> {

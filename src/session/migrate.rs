@@ -368,12 +368,7 @@ impl Session {
             self.route_backend_frame(frame);
         }
         self.adapter.held_lines_done();
-        let replayed = self.held_len as u64;
-        let link = self.backend.as_mut().expect("just set");
-        for frame in self.held.drain(..) {
-            link.push(frame);
-        }
-        self.held_len = 0;
+        let replayed = self.release_held();
         self.paused = false;
         self.lost_since = None;
         self.retry_at = None;
@@ -392,11 +387,8 @@ impl Session {
         self.adapter.abort_migration();
         let now = Instant::now();
         match self.backend.as_mut() {
-            Some(a) => {
-                for frame in self.held.drain(..) {
-                    a.push(frame);
-                }
-                self.held_len = 0;
+            Some(_) => {
+                self.release_held();
                 self.paused = false;
                 let pause = m.paused_at.map(|p| now - p).unwrap_or_default();
                 let took = now - m.started;

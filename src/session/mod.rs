@@ -75,6 +75,14 @@ impl SessionHandle {
     }
 }
 
+/// A client frame held while paused. Frames are observed when released, not when held, so
+/// the adapter sees them in the state of the backend they go to (IRC rewrites a client's
+/// `MODE <nick>` while the nick is being reclaimed on B).
+struct Held {
+    frame: Bytes,
+    observed: bool,
+}
+
 /// Who ended a session (the `reason` label of `handover_sessions_closed_total`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
@@ -124,7 +132,7 @@ pub struct Session {
     cmds: mpsc::Receiver<SessionCommand>,
     migration: Option<Migration>,
     /// Client frames held while paused, in order (the in-flight queue).
-    held: VecDeque<Bytes>,
+    held: VecDeque<Held>,
     held_len: usize,
     paused: bool,
     /// The client closed its sending side; the session ends when the backend is done.
@@ -272,7 +280,7 @@ impl Session {
         }
     }
 
-    /// Frames what the client sent and routes each frame.
+    /// Frames what the client sent and routes each frame (or holds it while paused).
     fn client_frames(&mut self) -> Result<(), CloseReason> {
         loop {
             let frame = match self
@@ -283,25 +291,52 @@ impl Session {
                 Ok(None) => break,
                 Err(e) => return Err(CloseReason::Protocol(format!("client sent {e}"))),
             };
-            match self.adapter.observe(Direction::ClientToBackend, &frame) {
-                Verdict::Forward => self.send_to_backend(frame),
-                Verdict::Rewrite(bytes) => self.send_to_backend(bytes),
-                Verdict::Reply(bytes) => self.client.push(bytes),
-                Verdict::Hide | Verdict::MoveTo(_) => {}
+            if self.paused || self.backend.is_none() {
+                self.held_len += frame.len();
+                self.held.push_back(Held {
+                    frame,
+                    observed: false,
+                });
+            } else {
+                self.route_client_frame(frame);
             }
         }
         self.client.release_idle();
         Ok(())
     }
 
-    fn send_to_backend(&mut self, frame: Bytes) {
-        match (&mut self.backend, self.paused) {
-            (Some(link), false) => link.push(frame),
-            _ => {
-                self.held_len += frame.len();
-                self.held.push_back(frame);
+    /// Applies the adapter's verdict to one client frame; the backend link must exist.
+    fn route_client_frame(&mut self, frame: Bytes) {
+        let verdict = self.adapter.observe(Direction::ClientToBackend, &frame);
+        let Some(link) = self.backend.as_mut() else {
+            return;
+        };
+        match verdict {
+            Verdict::Forward => link.push(frame),
+            Verdict::Rewrite(bytes) => link.push(bytes),
+            Verdict::Reply(bytes) => self.client.push(bytes),
+            Verdict::Hide | Verdict::MoveTo(_) => {}
+        }
+    }
+
+    /// Sends the in-flight queue, in order, to the current backend; returns its size.
+    fn release_held(&mut self) -> u64 {
+        let bytes = self.held_len as u64;
+        self.held_len = 0;
+        while let Some(held) = self.held.pop_front() {
+            match (held.observed, self.backend.as_mut()) {
+                (true, Some(link)) => link.push(held.frame),
+                (false, Some(_)) => self.route_client_frame(held.frame),
+                (_, None) => {
+                    // No backend to send to: keep the rest held.
+                    self.held_len =
+                        held.frame.len() + self.held.iter().map(|h| h.frame.len()).sum::<usize>();
+                    self.held.push_front(held);
+                    return 0;
+                }
             }
         }
+        bytes
     }
 
     fn on_backend_io(&mut self, ev: std::io::Result<IoEvent>) -> Option<CloseReason> {
@@ -385,10 +420,17 @@ impl Session {
         info!(backend = %self.backend_name, why, "backend lost; failing over");
         if let Some(mut link) = self.backend.take() {
             // Client bytes A never took go first in the held queue: they reach B instead.
-            let mut unsent = link.take_unsent();
+            let unsent = link.take_unsent();
             self.held_len += unsent.iter().map(Bytes::len).sum::<usize>();
-            unsent.extend(self.held.drain(..));
-            self.held = unsent;
+            let mut held: VecDeque<Held> = unsent
+                .into_iter()
+                .map(|frame| Held {
+                    frame,
+                    observed: true,
+                })
+                .collect();
+            held.extend(self.held.drain(..));
+            self.held = held;
         }
         self.paused = true;
         self.lost_since.get_or_insert_with(Instant::now);
@@ -432,8 +474,8 @@ impl Session {
         }
         let grace = Duration::from_secs(2);
         if let Some(mut link) = self.backend.take() {
-            for frame in self.held.drain(..) {
-                link.push(frame);
+            for held in self.held.drain(..) {
+                link.push(held.frame);
             }
             tokio::spawn(link.finish(grace));
         }

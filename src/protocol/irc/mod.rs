@@ -1,0 +1,412 @@
+//! IRC: lines, a snapshot learned from the server's confirmations, re-registration under a
+//! temporary nick on linked networks, and a seamless cut.
+//!
+//! Files: `message` (codec and message view), `numerics`, `snapshot` (what is learned),
+//! `observe` (how it is learned), `register` + `caps` (re-registration on the new backend),
+//! `dedupe` (the overlap of both links), `fixup` (changes made on A during the overlap),
+//! `reconcile` (taking the nick back after the cut).
+//!
+//! The migration, from this adapter's side:
+//!
+//! 1. `start_register` replays PASS, CAP/SASL, NICK (temporary on a linked network), USER;
+//!    `on_register_frame` answers PING, retries a taken nick, rejoins, restores user modes and
+//!    away, and reports `Done` behind a PING barrier (see `register`).
+//! 2. From B's 001 to the cut, A's forwarded lines are counted for deduplication.
+//! 3. `flush_mark` / `is_flush_reply`: `PING :handover-<token>` and its PONG.
+//! 4. `detach` quits A; `cutover` sends B what the client changed on A meanwhile (`fixup`),
+//!    starts taking the real nick back (`reconcile`) and turns the overlap counts into the
+//!    dedupe of B's lines.
+//! 5. B's lines go through `observe`: duplicates hidden, the old QUIT hidden, the temporary
+//!    nick rewritten, until the real nick is back; `held_lines_done` ends the held part.
+
+mod caps;
+mod dedupe;
+mod fixup;
+pub mod message;
+mod numerics;
+mod observe;
+mod reconcile;
+mod register;
+pub mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+
+use self::dedupe::Dedupe;
+use self::fixup::{Fix, Fixup};
+use self::message::{decode_line, irc_eq, line, untagged, Message};
+use self::observe::{bounce_target, Observer};
+use self::reconcile::{Reclaim, Step};
+use self::register::Register;
+use self::snapshot::{Sasl, Snapshot};
+use super::{
+    ClientInfo, Direction, FrameError, Protocol, RegisterStart, RegisterStep, SessionAdapter,
+    Verdict,
+};
+use crate::config::{BackendConfig, ListenerConfig};
+
+/// The prefix of every token handover puts in a PING; PONGs carrying it never reach a client.
+const TOKEN_PREFIX: &[u8] = b"handover-";
+/// What other users see when the old link leaves.
+const QUIT_MESSAGE: &str = ":Changing servers";
+
+pub struct IrcProtocol {
+    linked: bool,
+}
+
+impl IrcProtocol {
+    pub fn new(listener: &ListenerConfig) -> Self {
+        Self {
+            linked: listener.irc_linked.unwrap_or(true),
+        }
+    }
+}
+
+impl Protocol for IrcProtocol {
+    fn name(&self) -> &'static str {
+        "irc"
+    }
+
+    fn validate_backend(&self, _backend: &BackendConfig) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn new_session(&self, _listener: &ListenerConfig) -> Box<dyn SessionAdapter> {
+        Box::new(IrcSession::new(self.linked))
+    }
+}
+
+/// One IRC session's adapter state.
+#[derive(Debug)]
+pub struct IrcSession {
+    linked: bool,
+    snap: Snapshot,
+    observer: Observer,
+    migration: Option<Migration>,
+    flush_token: Option<String>,
+    fixup: Option<Fixup>,
+    reclaim: Option<Reclaim>,
+    dedupe: Option<Dedupe>,
+    /// The backend sent `ERROR`: the close that follows is deliberate, not a lost server.
+    backend_error: bool,
+}
+
+/// A migration between `start_register` and `cutover`.
+#[derive(Debug)]
+struct Migration {
+    register: Register,
+    dedupe: Dedupe,
+}
+
+impl IrcSession {
+    pub fn new(linked: bool) -> Self {
+        Self {
+            linked,
+            snap: Snapshot::default(),
+            observer: Observer::default(),
+            migration: None,
+            flush_token: None,
+            fixup: None,
+            reclaim: None,
+            dedupe: None,
+            backend_error: false,
+        }
+    }
+
+    /// What has been learned so far.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    fn observe_client(&mut self, frame: &Bytes) -> Verdict {
+        let Some(msg) = Message::parse(frame) else {
+            return Verdict::Forward;
+        };
+        self.observer
+            .client_line(&mut self.snap, &msg, untagged(frame));
+        match self
+            .reclaim
+            .as_ref()
+            .and_then(|r| r.rewrite_client(&msg, frame))
+        {
+            Some(bytes) => Verdict::Rewrite(bytes),
+            None => Verdict::Forward,
+        }
+    }
+
+    fn observe_backend(&mut self, frame: &Bytes) -> Verdict {
+        let Some(msg) = Message::parse(frame) else {
+            return Verdict::Forward;
+        };
+        if msg.is("ERROR") {
+            self.backend_error = true;
+        }
+        if let Some(verdict) = self.reconcile(&msg, frame) {
+            return verdict;
+        }
+        if let Some(verdict) = self.fix(&msg) {
+            return verdict;
+        }
+        if let Some(dedupe) = self.dedupe.as_mut() {
+            let duplicate = dedupe.is_duplicate(&msg, untagged(frame));
+            if dedupe.finished() {
+                self.dedupe = None;
+            }
+            if duplicate {
+                return Verdict::Hide;
+            }
+        }
+        let Some(rewritten) = self.reclaim.as_ref().and_then(|r| r.rewrite(&msg, frame)) else {
+            return self.learn(&msg, frame);
+        };
+        let Some(msg) = Message::parse(&rewritten) else {
+            return Verdict::Forward;
+        };
+        match self.learn(&msg, &rewritten) {
+            Verdict::Forward => Verdict::Rewrite(rewritten),
+            other => other,
+        }
+    }
+
+    /// The reclaim's say on a B line, if it has one.
+    fn reconcile(&mut self, msg: &Message, frame: &Bytes) -> Option<Verdict> {
+        let reclaim = self.reclaim.as_mut()?;
+        let shared = !self.snap.channels.is_empty();
+        let (verdict, finished) = match reclaim.on_line(msg, frame, shared) {
+            Step::Pass => return None,
+            Step::Hide => (Verdict::Hide, false),
+            Step::Reply(bytes) => (Verdict::Reply(bytes), false),
+            Step::Reclaimed => (Verdict::Hide, true),
+            Step::GaveUp(bytes) => {
+                self.snap.nick = Some(reclaim.temp().to_string());
+                (Verdict::Rewrite(bytes), true)
+            }
+            Step::ClientRenamed(bytes) => {
+                if let Some(renamed) = Message::parse(&bytes) {
+                    self.observer.server_line(&mut self.snap, &renamed);
+                }
+                (Verdict::Rewrite(bytes), true)
+            }
+        };
+        if finished {
+            self.reclaim = None;
+        }
+        Some(verdict)
+    }
+
+    /// The cut-time fixup's say on a B line, if it has one.
+    fn fix(&mut self, msg: &Message) -> Option<Verdict> {
+        match self.fixup.as_mut()?.on_line(msg) {
+            Fix::Pass => None,
+            Fix::Hide => Some(Verdict::Hide),
+            Fix::Finished => {
+                self.fixup = None;
+                Some(Verdict::Hide)
+            }
+            Fix::Replace(bytes) => {
+                if let Some(shown) = Message::parse(&bytes) {
+                    self.observer.server_line(&mut self.snap, &shown);
+                }
+                Some(Verdict::Rewrite(bytes))
+            }
+        }
+    }
+
+    /// Whether the snapshot can be re-created elsewhere at all.
+    fn replayable(&self) -> Result<(), String> {
+        if !self.snap.registered() {
+            return Err("not registered yet".into());
+        }
+        if self.observer.quitting {
+            return Err("the client is quitting".into());
+        }
+        if let Some(Sasl::Unreplayable(mech)) = &self.snap.sasl {
+            return Err(format!("SASL {mech} cannot be replayed"));
+        }
+        if self.snap.user.is_none() {
+            return Err("the client's USER line was not seen".into());
+        }
+        Ok(())
+    }
+
+    /// Learns from a line on its way to the client and says what becomes of it.
+    fn learn(&mut self, msg: &Message, frame: &[u8]) -> Verdict {
+        if msg.is("PONG") && msg.last().is_some_and(|t| t.starts_with(TOKEN_PREFIX)) {
+            return Verdict::Hide;
+        }
+        if self.snap.registered() {
+            if let Some(target) = bounce_target(msg) {
+                return Verdict::MoveTo(target);
+            }
+        }
+        if let Some(m) = self.migration.as_mut().filter(|m| m.register.welcomed()) {
+            m.dedupe.record_a(msg, untagged(frame));
+        }
+        self.observer.server_line(&mut self.snap, msg);
+        Verdict::Forward
+    }
+}
+
+impl SessionAdapter for IrcSession {
+    /// A server that said `ERROR` (kill, ban, quit reply) or a client that sent `QUIT` closes
+    /// on purpose: the client sees the close. Anything else is a lost server: fail over.
+    fn failover_on_close(&self) -> bool {
+        !(self.backend_error || self.observer.quitting)
+    }
+
+    fn decode(&mut self, _dir: Direction, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        decode_line(buf)
+    }
+
+    fn observe(&mut self, dir: Direction, frame: &Bytes) -> Verdict {
+        match dir {
+            Direction::ClientToBackend => self.observe_client(frame),
+            Direction::BackendToClient => self.observe_backend(frame),
+        }
+    }
+
+    fn identity(&self) -> Option<String> {
+        self.snap.nick.clone()
+    }
+
+    /// Refuses while the previous migration is still settling on the current backend (a
+    /// moment: the fixup barrier, the nick reclaim), so a drain retries later; and for good
+    /// when the session can't be re-created at all.
+    fn can_migrate(&self) -> Result<(), String> {
+        if self.reclaim.is_some() {
+            return Err("the previous migration is still taking the nick back".into());
+        }
+        if self.fixup.is_some() {
+            return Err("the previous migration is still settling".into());
+        }
+        self.replayable()
+    }
+
+    /// `WEBIRC <password> <gateway> <ip> <ip>`: the hostname is the address itself, so the
+    /// server does its own lookup. An IPv6 address that starts with `:` gets a leading `0`, or
+    /// it would read as a trailing parameter.
+    fn backend_prelude(&self, backend: &BackendConfig, client: &ClientInfo) -> Option<Bytes> {
+        let webirc = backend.webirc.as_ref()?;
+        let mut ip = client.addr.ip().to_canonical().to_string();
+        if ip.starts_with(':') {
+            ip.insert(0, '0');
+        }
+        Some(line(&[
+            "WEBIRC",
+            &webirc.password.0,
+            &webirc.gateway,
+            &ip,
+            &ip,
+        ]))
+    }
+
+    /// Only the hard refusals apply here, not a pending reclaim or fixup: a failover must be
+    /// able to leave a backend that dies while they run (the cut replaces both).
+    fn start_register(&mut self) -> Result<RegisterStart, String> {
+        self.replayable()?;
+        let (register, send) = Register::start(&self.snap, self.linked, random_u64())?;
+        self.migration = Some(Migration {
+            register,
+            dedupe: Dedupe::default(),
+        });
+        self.flush_token = None;
+        self.dedupe = None;
+        Ok(RegisterStart { send, settle: None })
+    }
+
+    fn on_register_frame(&mut self, frame: &Bytes) -> RegisterStep {
+        let Some(m) = self.migration.as_mut() else {
+            return RegisterStep::Failed("no migration in progress".into());
+        };
+        let Some(msg) = Message::parse(frame) else {
+            return RegisterStep::Continue(Vec::new());
+        };
+        if m.register.welcomed() {
+            m.dedupe.record_b_early(&msg, untagged(frame));
+        }
+        m.register.on_line(&self.snap, &msg)
+    }
+
+    fn flush_mark(&mut self) -> Option<Bytes> {
+        let token = format!("handover-{:016x}", random_u64());
+        let ping = line(&["PING", &format!(":{token}")]);
+        self.flush_token = Some(token);
+        Some(ping)
+    }
+
+    fn is_flush_reply(&mut self, frame: &Bytes) -> bool {
+        let Some(token) = &self.flush_token else {
+            return false;
+        };
+        let matches = Message::parse(frame)
+            .is_some_and(|m| m.is("PONG") && m.last() == Some(token.as_bytes()));
+        if matches {
+            self.flush_token = None;
+        }
+        matches
+    }
+
+    fn detach(&mut self) -> Option<Bytes> {
+        Some(line(&["QUIT", QUIT_MESSAGE]))
+    }
+
+    fn cutover(&mut self) -> Vec<Bytes> {
+        let Some(mut m) = self.migration.take() else {
+            return Vec::new();
+        };
+        self.flush_token = None;
+        self.fixup = None;
+        self.reclaim = None;
+        m.dedupe.cutover();
+        self.dedupe = (!m.dedupe.finished()).then_some(m.dedupe);
+        let real = self.snap.nick.clone().unwrap_or_default();
+        let mut send = Vec::new();
+        if let Some((fixup, fix)) = Fixup::plan(&self.snap, &m.register, &real, random_u64()) {
+            self.fixup = Some(fixup);
+            send = fix;
+        }
+        let temp = m.register.nick();
+        if !irc_eq(temp.as_bytes(), real.as_bytes()) {
+            let (reclaim, nick) = Reclaim::start(&real, temp, m.register.userhost());
+            self.reclaim = Some(reclaim);
+            send.push(nick);
+        }
+        send
+    }
+
+    fn held_lines_done(&mut self) {
+        if let Some(dedupe) = self.dedupe.as_mut() {
+            dedupe.held_lines_done();
+        }
+    }
+
+    fn abort_migration(&mut self) {
+        self.migration = None;
+        self.flush_token = None;
+    }
+
+    fn snapshot_size(&self) -> usize {
+        self.snap.heap_size()
+            + self.observer.heap_size()
+            + self
+                .migration
+                .as_ref()
+                .map_or(0, |m| m.dedupe.heap_size() + 256)
+            + self.flush_token.as_ref().map_or(0, String::capacity)
+            + self.reclaim.as_ref().map_or(0, Reclaim::heap_size)
+            + self.fixup.as_ref().map_or(0, |_| 256)
+            + self.dedupe.as_ref().map_or(0, Dedupe::heap_size)
+    }
+}
+
+/// A random number for tokens and nick suffixes, without a dependency: std's `RandomState`
+/// is seeded from the OS once and differs on every construction.
+fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
+}

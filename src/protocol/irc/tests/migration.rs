@@ -1,0 +1,334 @@
+//! The whole migration as the session task drives it: register, flush mark, detach, cut over,
+//! then B's held and later lines through `observe`; and the abort path.
+
+use super::*;
+
+const NICK_ALICE: &str = "NICK alice";
+
+/// Registers on B, then flush mark and detach; returns the temporary nick.
+fn migrate_up_to_cut(s: &mut IrcSession) -> String {
+    assert_eq!(s.can_migrate(), Ok(()));
+    let temp = register_on_inspircd(s);
+    let ping = text(&s.flush_mark().unwrap());
+    let token = ping.strip_prefix("PING :").unwrap().to_string();
+    assert!(token.starts_with("handover-"), "{token}");
+    // A keeps forwarding until the PONG.
+    assert_eq!(
+        server(s, ":bob!~bob@localhost PRIVMSG #test :one"),
+        Verdict::Forward
+    );
+    assert_eq!(
+        server(s, ":carol!~carol@localhost JOIN :#test"),
+        Verdict::Forward
+    );
+    let other = frame(":a.irc.test PONG a.irc.test :handover-not-ours");
+    assert!(!s.is_flush_reply(&other));
+    assert!(s.is_flush_reply(&frame(&format!(":a.irc.test PONG a.irc.test :{token}"))));
+    assert_eq!(text(&s.detach().unwrap()), "QUIT :Changing servers");
+    temp
+}
+
+#[test]
+fn a_linked_migration_is_invisible_to_the_client() {
+    let mut s = registered_on_ngircd();
+    let before = s.snapshot().clone();
+    let temp = migrate_up_to_cut(&mut s);
+    assert_eq!(texts(&s.cutover()), vec![NICK_ALICE]);
+    assert!(s.can_migrate().is_err(), "the nick is not back yet");
+
+    // B's held lines: what A already delivered is hidden, what is new passes.
+    let held_dup = ":bob!~bob@localhost PRIVMSG #test :one";
+    assert_eq!(
+        server(
+            &mut s,
+            &format!("@time=2024-01-01T10:00:01.000Z {held_dup}")
+        ),
+        Verdict::Hide
+    );
+    assert_eq!(
+        server(&mut s, ":bob!~bob@localhost PRIVMSG #test :two"),
+        Verdict::Forward
+    );
+    s.held_lines_done();
+
+    // Lines addressed to the temporary nick are shown addressed to the real one.
+    let notice = format!(":b.irc.test NOTICE {temp} :*** You are connected to b.irc.test");
+    assert_eq!(
+        server(&mut s, &notice),
+        Verdict::Rewrite(frame(
+            ":b.irc.test NOTICE alice :*** You are connected to b.irc.test"
+        ))
+    );
+    // A late copy of a line A delivered is still caught.
+    assert_eq!(
+        server(&mut s, ":carol!~carol@localhost JOIN :#test"),
+        Verdict::Hide
+    );
+
+    // The old link's QUIT is hidden and answered; a 433 is retried; the echo is hidden.
+    let quit = ":alice!~alice@localhost QUIT :Quit: Changing servers";
+    assert_eq!(server(&mut s, quit), Verdict::Reply(frame(NICK_ALICE)));
+    let taken = format!(":b.irc.test 433 {temp} alice :Nickname is already in use.");
+    assert_eq!(server(&mut s, &taken), Verdict::Reply(frame(NICK_ALICE)));
+    let echo = format!(":{temp}!~alice@127.0.0.1 NICK :alice");
+    assert_eq!(server(&mut s, &echo), Verdict::Hide);
+
+    // Back to normal: the client's nick never changed, the snapshot is intact.
+    assert_eq!(s.identity().as_deref(), Some("alice"));
+    assert_eq!(s.snapshot(), &before);
+    assert_eq!(s.can_migrate(), Ok(()));
+    let to_me = ":bob!~bob@localhost PRIVMSG alice :welcome back";
+    assert_eq!(server(&mut s, to_me), Verdict::Forward);
+    assert_eq!(
+        server(&mut s, quit),
+        Verdict::Forward,
+        "no longer ours to hide"
+    );
+}
+
+#[test]
+fn lines_from_the_temporary_nick_are_learned_as_ours() {
+    let mut s = registered_on_ngircd();
+    let temp = migrate_up_to_cut(&mut s);
+    s.cutover();
+    s.held_lines_done();
+    let join = format!(":{temp}!~alice@127.0.0.1 JOIN :#new");
+    assert_eq!(
+        server(&mut s, &join),
+        Verdict::Rewrite(frame(":alice!~alice@127.0.0.1 JOIN :#new"))
+    );
+    assert!(s.snapshot().channel(b"#new").is_some());
+    let mode = format!(":{temp}!~alice@127.0.0.1 MODE {temp} :-w");
+    assert_eq!(
+        server(&mut s, &mode),
+        Verdict::Rewrite(frame(":alice!~alice@127.0.0.1 MODE alice :-w"))
+    );
+    assert_eq!(s.snapshot().modes, "i");
+    assert_eq!(
+        client(&mut s, "MODE alice +w"),
+        Verdict::Rewrite(frame(&format!("MODE {temp} +w")))
+    );
+    assert_eq!(
+        client(&mut s, "PRIVMSG #test :still here"),
+        Verdict::Forward
+    );
+}
+
+#[test]
+fn without_shared_channels_the_reclaim_gives_up_visibly() {
+    let mut s = IrcSession::new(true);
+    client(&mut s, "NICK alice");
+    client(&mut s, "USER alice 0 * :Alice");
+    server(
+        &mut s,
+        ":a.irc.test 001 alice :Welcome to the Internet Relay Network alice!~alice@localhost",
+    );
+    let temp = nick_sent(&start(&mut s));
+    let mut sent = Vec::new();
+    for line in burst(&temp) {
+        sent.extend(b_continue(&mut s, &[line.as_str()]));
+    }
+    let token = ping_sent(&sent);
+    assert_eq!(
+        b(&mut s, &format!(":b.irc.test PONG b.irc.test :{token}")),
+        RegisterStep::Done(Vec::new())
+    );
+    s.flush_mark();
+    s.detach();
+    assert_eq!(texts(&s.cutover()), vec![NICK_ALICE]);
+    let taken = format!(":b.irc.test 433 {temp} alice :Nickname is already in use.");
+    for _ in 1..20 {
+        assert_eq!(server(&mut s, &taken), Verdict::Reply(frame(NICK_ALICE)));
+    }
+    assert_eq!(
+        server(&mut s, &taken),
+        Verdict::Rewrite(frame(&format!(":alice!~alice@127.0.0.1 NICK :{temp}")))
+    );
+    assert_eq!(s.identity(), Some(temp.clone()));
+    assert_eq!(s.can_migrate(), Ok(()));
+    let numeric = format!(":b.irc.test 401 {temp} bob :No such nick/channel");
+    assert_eq!(
+        server(&mut s, &numeric),
+        Verdict::Forward,
+        "the client knows the nick now"
+    );
+}
+
+#[test]
+fn with_shared_channels_an_exhausted_reclaim_waits_for_the_quit() {
+    let mut s = registered_on_ngircd();
+    let temp = migrate_up_to_cut(&mut s);
+    s.cutover();
+    let taken = format!(":b.irc.test 433 {temp} alice :Nickname is already in use.");
+    for _ in 1..20 {
+        assert_eq!(server(&mut s, &taken), Verdict::Reply(frame(NICK_ALICE)));
+    }
+    assert_eq!(server(&mut s, &taken), Verdict::Hide);
+    assert_eq!(s.identity().as_deref(), Some("alice"));
+    let quit = ":alice!~alice@localhost QUIT :*.net *.split";
+    assert_eq!(server(&mut s, quit), Verdict::Reply(frame(NICK_ALICE)));
+    assert_eq!(
+        server(&mut s, &format!(":{temp}!~alice@127.0.0.1 NICK :alice")),
+        Verdict::Hide
+    );
+    assert_eq!(s.can_migrate(), Ok(()));
+}
+
+#[test]
+fn a_client_nick_change_during_the_reclaim_is_shown_from_the_real_nick() {
+    let mut s = registered_on_ngircd();
+    let temp = migrate_up_to_cut(&mut s);
+    s.cutover();
+    let renamed = format!(":{temp}!~alice@127.0.0.1 NICK :alice2");
+    assert_eq!(
+        server(&mut s, &renamed),
+        Verdict::Rewrite(frame(":alice!~alice@127.0.0.1 NICK :alice2"))
+    );
+    assert_eq!(s.identity().as_deref(), Some("alice2"));
+    assert_eq!(s.can_migrate(), Ok(()));
+}
+
+#[test]
+fn an_unlinked_migration_has_nothing_to_reconcile() {
+    let mut s = IrcSession::new(false);
+    client(&mut s, "NICK alice");
+    client(&mut s, "USER alice 0 * :Alice");
+    server(&mut s, ":a.irc.test 001 alice :Welcome");
+    assert_eq!(nick_sent(&start(&mut s)), "alice");
+    let mut sent = Vec::new();
+    for line in burst("alice") {
+        sent.extend(b_continue(&mut s, &[line.as_str()]));
+    }
+    let token = ping_sent(&sent);
+    assert!(matches!(
+        b(&mut s, &format!(":b.irc.test PONG b.irc.test :{token}")),
+        RegisterStep::Done(_)
+    ));
+    s.detach();
+    assert!(s.cutover().is_empty());
+    assert_eq!(s.can_migrate(), Ok(()));
+    let quit = ":alice!~alice@other QUIT :bye";
+    assert_eq!(server(&mut s, quit), Verdict::Forward);
+}
+
+#[test]
+fn abort_leaves_the_session_as_it_was() {
+    let mut s = registered_on_ngircd();
+    let before = s.snapshot().clone();
+    register_on_inspircd(&mut s);
+    let ping = text(&s.flush_mark().unwrap());
+    let token = ping.strip_prefix("PING :").unwrap().to_string();
+    assert_eq!(
+        server(&mut s, ":bob!~bob@localhost PRIVMSG #test :during"),
+        Verdict::Forward
+    );
+    s.abort_migration();
+
+    assert_eq!(s.snapshot(), &before);
+    assert_eq!(s.can_migrate(), Ok(()));
+    assert!(!s.is_flush_reply(&frame(&format!(":a.irc.test PONG a.irc.test :{token}"))));
+    assert!(s.cutover().is_empty(), "nothing to cut over to");
+    assert!(matches!(b(&mut s, "PING :x"), RegisterStep::Failed(_)));
+    // A's lines are plain forwarding again: nothing is counted or hidden.
+    assert_eq!(
+        server(&mut s, ":bob!~bob@localhost PRIVMSG #test :during"),
+        Verdict::Forward
+    );
+    assert_eq!(
+        server(&mut s, ":a.irc.test 433 alice alice :in use"),
+        Verdict::Forward
+    );
+    // And a new migration can start from scratch.
+    register_on_inspircd(&mut s);
+}
+
+#[test]
+fn a_second_migration_after_a_finished_one_works() {
+    let mut s = registered_on_ngircd();
+    let temp = migrate_up_to_cut(&mut s);
+    s.cutover();
+    s.held_lines_done();
+    server(&mut s, &format!(":{temp}!~alice@127.0.0.1 NICK :alice"));
+    let temp2 = migrate_up_to_cut(&mut s);
+    assert_eq!(texts(&s.cutover()), vec![NICK_ALICE]);
+    assert_eq!(
+        server(&mut s, &format!(":{temp2}!~alice@127.0.0.1 NICK :alice")),
+        Verdict::Hide
+    );
+}
+
+#[test]
+fn b_lines_swallowed_during_registration_are_not_deduped_later() {
+    let mut s = registered_on_ngircd();
+    let sent = start(&mut s);
+    let temp = nick_sent(&sent);
+    b_continue(
+        &mut s,
+        &[
+            ":b.irc.test CAP * LS :multi-prefix",
+            ":b.irc.test CAP * ACK :multi-prefix",
+        ],
+    );
+    let welcome = b_continue(&mut s, &[&format!(":b.irc.test 001 {temp} :Welcome")]);
+    let token = ping_sent(&welcome);
+    // B relays bob's line before A does; the client gets it from A.
+    b_continue(&mut s, &[":bob!~bob@localhost PRIVMSG #test :early"]);
+    assert_eq!(
+        server(&mut s, ":bob!~bob@localhost PRIVMSG #test :early"),
+        Verdict::Forward
+    );
+    b_continue(
+        &mut s,
+        &[
+            &format!(":{temp}!~alice@127.0.0.1 JOIN :#priv"),
+            &format!(":b.irc.test 366 {temp} #priv :End of /NAMES list."),
+            &format!(":{temp}!~alice@127.0.0.1 JOIN :#test"),
+            &format!(":b.irc.test 366 {temp} #test :End of /NAMES list."),
+            &format!(":b.irc.test 306 {temp} :You have been marked as being away"),
+        ],
+    );
+    assert!(matches!(
+        b(&mut s, &format!(":b.irc.test PONG b.irc.test :{token}")),
+        RegisterStep::Done(_)
+    ));
+    s.detach();
+    s.cutover();
+    // bob says the same again after the cut: that is a new line, not a duplicate.
+    assert_eq!(
+        server(&mut s, ":bob!~bob@localhost PRIVMSG #test :early"),
+        Verdict::Forward
+    );
+}
+
+#[test]
+fn a_failover_during_the_reclaim_can_still_leave_and_reclaims_anew() {
+    let mut s = registered_on_ngircd();
+    let temp = migrate_up_to_cut(&mut s);
+    s.cutover();
+    s.held_lines_done();
+    assert!(s.can_migrate().is_err(), "a drain waits for the reclaim");
+    // B dies: the session fails over to C without asking can_migrate.
+    let temp2 = register_on_inspircd(&mut s);
+    // B's lines during the overlap still get the temporary nick rewritten.
+    let notice = format!(":b.irc.test NOTICE {temp} :hi");
+    assert_eq!(
+        server(&mut s, &notice),
+        Verdict::Rewrite(frame(":b.irc.test NOTICE alice :hi"))
+    );
+    s.detach();
+    assert_eq!(texts(&s.cutover()), vec![NICK_ALICE]);
+    let notice2 = format!(":c.irc.test NOTICE {temp2} :hi");
+    assert_eq!(
+        server(&mut s, &notice2),
+        Verdict::Rewrite(frame(":c.irc.test NOTICE alice :hi"))
+    );
+    assert_eq!(
+        server(&mut s, &format!(":{temp}!~alice@127.0.0.1 NICK :alice")),
+        Verdict::Forward
+    );
+    assert_eq!(
+        server(&mut s, &format!(":{temp2}!~alice@127.0.0.1 NICK :alice")),
+        Verdict::Hide
+    );
+    assert_eq!(s.can_migrate(), Ok(()));
+}
