@@ -17,6 +17,18 @@ missing=()
 command -v ngircd >/dev/null 2>&1 || [ -x /usr/sbin/ngircd ] || missing+=(ngircd)
 command -v inspircd >/dev/null 2>&1 || [ -x /usr/sbin/inspircd ] || missing+=(inspircd)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+want_ok() {
+    venv/bin/python - "$IRC_VERSION" "$PYDLE_VERSION" <<'PY' >/dev/null 2>&1
+import sys
+from importlib.metadata import version
+sys.exit(0 if (version("irc"), version("pydle")) == (sys.argv[1], sys.argv[2]) else 1)
+PY
+}
+# A venv without pip (e.g. made while python3-venv was missing) can't be repaired: remake it.
+if [ -e venv ] && ! want_ok && ! venv/bin/python -m pip --version >/dev/null 2>&1; then
+    log "removing broken ./venv (no working pip)"
+    rm -rf venv
+fi
 PYTHON=${PYTHON:-python3}
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
@@ -40,13 +52,6 @@ if [ ! -x venv/bin/python ]; then
     log "creating venv at ./venv"
     "$PYTHON" -m venv venv
 fi
-want_ok() {
-    venv/bin/python - "$IRC_VERSION" "$PYDLE_VERSION" <<'PY' >/dev/null 2>&1
-import sys
-from importlib.metadata import version
-sys.exit(0 if (version("irc"), version("pydle")) == (sys.argv[1], sys.argv[2]) else 1)
-PY
-}
 if ! want_ok; then
     log "installing irc==$IRC_VERSION pydle==$PYDLE_VERSION into ./venv"
     venv/bin/pip install -q --disable-pip-version-check "irc==$IRC_VERSION" "pydle==$PYDLE_VERSION"
