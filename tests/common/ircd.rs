@@ -53,7 +53,7 @@ const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// Attempts with fresh ports when a server could not bind its ports.
 const START_ATTEMPTS: usize = 3;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IrcdKind {
     /// ngircd 26 (Debian `ngircd`): one port per server for clients and the link.
     Ngircd,
@@ -62,6 +62,8 @@ pub enum IrcdKind {
 }
 
 impl IrcdKind {
+    pub const ALL: [IrcdKind; 2] = [IrcdKind::Ngircd, IrcdKind::Inspircd];
+
     fn binary_name(self) -> &'static str {
         match self {
             IrcdKind::Ngircd => "ngircd",
@@ -153,7 +155,11 @@ impl IrcNetwork {
         let mut last_err = None;
         for attempt in 1..=START_ATTEMPTS {
             let mut net = Self::spawn_fresh(kind, options.clone())?;
-            match net.wait_linked(LINK_TIMEOUT) {
+            // inspircd keeps running when only some ports fail to bind.
+            let result = net
+                .wait_linked(LINK_TIMEOUT)
+                .and_then(|()| net.check_bind());
+            match result {
                 Ok(()) => return Ok(net),
                 Err(e) if attempt < START_ATTEMPTS && net.bind_failed() => {
                     eprintln!("ircd harness: port collision, retrying with new ports: {e:#}");
@@ -170,7 +176,12 @@ impl IrcNetwork {
         let mut last_err = None;
         for attempt in 1..=START_ATTEMPTS {
             let mut net = Self::spawn_fresh(kind, options.clone())?;
-            match net.wait_linked_async(LINK_TIMEOUT).await {
+            // inspircd keeps running when only some ports fail to bind.
+            let result = net
+                .wait_linked_async(LINK_TIMEOUT)
+                .await
+                .and_then(|()| net.check_bind());
+            match result {
                 Ok(()) => return Ok(net),
                 Err(e) if attempt < START_ATTEMPTS && net.bind_failed() => {
                     eprintln!("ircd harness: port collision, retrying with new ports: {e:#}");
@@ -514,6 +525,13 @@ impl IrcNetwork {
                         || t.contains("failed to bind")
                 })
         })
+    }
+
+    fn check_bind(&self) -> Result<()> {
+        if self.bind_failed() {
+            bail!("a server could not bind all its ports\n{}", self.logs());
+        }
+        Ok(())
     }
 
     fn link_probe(&self) -> LinkProbe {
