@@ -31,7 +31,8 @@ Output (--out, written atomically as JSON, also on errors):
   missing [n never received], duplicates [n received more than once],
   out_of_order_targets [targets whose numbers did not strictly increase],
   counts {command/numeric: n} for the whole session, and
-  counts_after_welcome {...} for lines after the first 376/422;
+  counts_after_welcome {...} for lines after the first 376/422
+  (welcome_end_missing: none came within 10 s of 001, counted from then);
   besides raw commands ("001", "PRIVMSG", "PING", ...) the counts have
   "JOIN_SELF"/"PART_SELF"/"NICK_SELF" for our own JOIN/PART/NICK,
   errors {numeric: n} for every 4xx/5xx numeric (e.g. "401" No such nick),
@@ -62,6 +63,7 @@ import jaraco.stream.buffer
 START = time.monotonic()
 PRIVATE = "private"
 MAX_SAMPLES = 20
+WELCOME_END_FALLBACK = 10.0  # seconds after 001 to stop waiting for 376/422
 
 
 def now():
@@ -121,6 +123,7 @@ class Chat:
             "disconnect_reason": None,
             "error_lines": [],
             "quit_reply": None,
+            "welcome_end_missing": False,
             "exceptions": [],
             "sent": 0,
             "sent_per_target": {t.lower() if t != args.peer else PRIVATE: 0 for t in self.targets},
@@ -195,9 +198,12 @@ class Chat:
             self.r["timing"]["welcome"] = self.r["timing"]["welcome"] or now()
         # The welcome burst ends with the MOTD (or its absence); count what follows.
         if command in ("376", "422") and not self.welcome_done:
-            self.welcome_done = True
-            self.r["timing"]["welcome_end"] = now()
-            self.after_welcome()
+            self.end_welcome()
+
+    def end_welcome(self):
+        self.welcome_done = True
+        self.r["timing"]["welcome_end"] = now()
+        self.after_welcome()
 
     def after_welcome(self):
         c = self.conn
@@ -319,6 +325,10 @@ class Chat:
             if t >= deadline:
                 self.r["timed_out"] = True
                 break
+            welcome_at = self.r["timing"]["welcome"]
+            if not self.welcome_done and welcome_at is not None and now() - welcome_at > WELCOME_END_FALLBACK:
+                self.r["welcome_end_missing"] = True  # no 376/422 after 001: go on anyway
+                self.end_welcome()
             if not self.r["ready"] and self.ready_now():
                 self.r["ready"] = True
                 self.r["timing"]["ready"] = now()
