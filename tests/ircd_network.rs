@@ -250,3 +250,35 @@ fn ngircd_b_refuses_clients_while_linked() -> Result<()> {
 fn inspircd_b_refuses_clients_while_linked() -> Result<()> {
     refuse(IrcdKind::Inspircd)
 }
+
+/// The async variants run the probe off the runtime thread: a task on the same
+/// current-thread runtime keeps ticking while restart_a_async waits.
+#[tokio::test]
+async fn async_api_does_not_block_the_runtime() -> Result<()> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let mut net = IrcNetwork::start_async(IrcdKind::Ngircd, Options::default()).await?;
+    let ticks = Arc::new(AtomicU32::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let t = Instant::now();
+    net.restart_a_async().await?;
+    let (elapsed, n) = (t.elapsed(), ticks.load(Ordering::Relaxed));
+    ticker.abort();
+    // At least half the 10 ms ticks the elapsed time allows must have run.
+    let want = (elapsed.as_millis() / 20) as u32;
+    ensure!(
+        n >= want.max(5),
+        "runtime blocked: {n} ticks in {elapsed:?}"
+    );
+    try_register(net.a.client_addr(), "asyncok", None, REGISTER_TIMEOUT)?;
+    Ok(())
+}
