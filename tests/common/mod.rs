@@ -1,3 +1,7 @@
+//! Shared helpers for integration tests (`mod common;` in a test file). Each test file uses
+//! only some of them.
 #![allow(dead_code)]
 pub mod fake;
+pub mod irc_chat;
+pub mod ircd;
 pub mod proxy;
