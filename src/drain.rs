@@ -28,14 +28,18 @@ pub struct Drains {
     registry: Arc<Registry>,
     config: MigrationConfig,
     jobs: Mutex<HashMap<String, Job>>,
+    /// The proxy's runtime: drains may be started from any thread (admin, tests, embedders).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drains {
+    /// Must be called inside the proxy's runtime.
     pub fn new(registry: Arc<Registry>, config: MigrationConfig) -> Self {
         Self {
             registry,
             config,
             jobs: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -60,7 +64,7 @@ impl Drains {
                 backend: name.to_string(),
                 cancel: cancel.clone(),
             };
-            tokio::spawn(async move {
+            self.runtime.spawn(async move {
                 let result = job.run().await;
                 let _ = tx.send(Some(result));
             });

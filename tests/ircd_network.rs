@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use common::irc_chat::{venv_python, ChatResult, ChatSpec, PRIVATE};
+use common::irc_chat::{check_clean_session, check_received, venv_python, ChatSpec, PRIVATE};
 use common::ircd::{try_register, IrcNetwork, IrcdKind, Options, REFUSE_PASSWORD};
 
 const MESSAGES: u32 = 100;
@@ -78,57 +78,6 @@ fn exchange(kind: IrcdKind) -> Result<()> {
         rd.json["server_name"] == net.b.name.as_str(),
         "D not on B\n{}",
         rd.describe()
-    );
-    Ok(())
-}
-
-/// `got` received every message of `sender`, per target, exactly once, in order.
-fn check_received(got: &ChatResult, sender: &ChatSpec) -> Result<()> {
-    for target in sender.targets() {
-        let want = sender.expected_at_peer(&target);
-        ensure!(!want.is_empty(), "test sends nothing to {target}");
-        ensure!(
-            got.received(&target) == want,
-            "{target}: received {:?}, want {want:?}\n{}",
-            got.received(&target),
-            got.describe()
-        );
-    }
-    ensure!(got.flag("complete"), "not complete\n{}", got.describe());
-    Ok(())
-}
-
-/// One welcome burst, `channels` own JOINs, no disconnect, no error numerics.
-fn check_clean_session(r: &ChatResult, channels: u64) -> Result<()> {
-    ensure!(r.exit_code == Some(0), "exit code\n{}", r.describe());
-    ensure!(!r.flag("disconnected"), "disconnected\n{}", r.describe());
-    for key in ["001", "002", "003", "004", "375", "376", "251"] {
-        ensure!(r.count(key) == 1, "{key} count != 1\n{}", r.describe());
-        ensure!(
-            r.count_after_welcome(key) == 0,
-            "{key} after welcome\n{}",
-            r.describe()
-        );
-    }
-    ensure!(r.count("005") >= 1, "no 005\n{}", r.describe());
-    ensure!(r.count("372") >= 1, "no MOTD text\n{}", r.describe());
-    ensure!(
-        r.count("JOIN_SELF") == channels,
-        "JOIN_SELF\n{}",
-        r.describe()
-    );
-    ensure!(r.count("366") == channels, "366\n{}", r.describe());
-    ensure!(r.count("NICK") == 0, "NICK lines\n{}", r.describe());
-    ensure!(
-        r.errors().is_empty(),
-        "error numerics {:?}\n{}",
-        r.errors(),
-        r.describe()
-    );
-    ensure!(
-        r.json["error_lines"].as_array().is_some_and(Vec::is_empty),
-        "ERROR lines\n{}",
-        r.describe()
     );
     Ok(())
 }

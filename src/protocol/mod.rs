@@ -45,6 +45,10 @@ pub enum Verdict {
 pub enum RegisterStep {
     /// Keep going; send these frames to the new backend first.
     Continue(Vec<Bytes>),
+    /// Keep going, send these; and hold the frame itself: it is traffic the client may not
+    /// get from the old backend (IRC channel lines), so after the cut it goes through
+    /// `observe` (and its deduplication) with what the new backend said after registration.
+    Hold(Vec<Bytes>),
     /// Registration is complete; send these frames to the new backend, then proceed.
     Done(Vec<Bytes>),
     /// The new backend refused the session; the reason is logged and counted.
@@ -156,6 +160,13 @@ pub trait SessionAdapter: Send + 'static {
     /// (IRC) use it to bound how long they keep doing so. Call it once per migration, also when
     /// nothing was held.
     fn held_lines_done(&mut self) {}
+
+    /// False while the new backend is still being settled after the cut (IRC: the nick is
+    /// being taken back). The session keeps the client's input held until this is true, so
+    /// nothing the client sent reaches the new backend under a temporary identity.
+    fn settled(&self) -> bool {
+        true
+    }
 
     /// The migration failed; forget what it started.
     fn abort_migration(&mut self) {}

@@ -294,6 +294,11 @@ impl Session {
             }
             match self.adapter.on_register_frame(&frame) {
                 RegisterStep::Continue(send) => send.into_iter().for_each(|f| link.push(f)),
+                RegisterStep::Hold(send) => {
+                    send.into_iter().for_each(|f| link.push(f));
+                    m.held_b_len += frame.len();
+                    m.held_b.push_back(frame);
+                }
                 RegisterStep::Done(send) => {
                     send.into_iter().for_each(|f| link.push(f));
                     self.registered();
@@ -368,11 +373,29 @@ impl Session {
             self.route_backend_frame(frame);
         }
         self.adapter.held_lines_done();
+        let deadline = Instant::now() + Duration::from_millis(self.ctx.migration.flush_timeout_ms);
+        self.settling = Some((m, deadline));
+        self.finish_settling(false);
+    }
+
+    /// Ends the pause once the adapter has settled B (or `force`, or the deadline passed):
+    /// replays the in-flight queue, resumes the client, records the migration.
+    pub(super) fn finish_settling(&mut self, force: bool) {
+        let Some((_, deadline)) = &self.settling else {
+            return;
+        };
+        let now = Instant::now();
+        if !(force || self.adapter.settled() || now >= *deadline) {
+            return;
+        }
+        if !self.adapter.settled() {
+            warn!(backend = %self.backend_name, "the new backend did not settle in time; resuming anyway");
+        }
+        let (mut m, _) = self.settling.take().expect("checked");
         let replayed = self.release_held();
         self.paused = false;
         self.lost_since = None;
         self.retry_at = None;
-        let now = Instant::now();
         let pause = m.paused_at.map(|p| now - p).unwrap_or_default();
         let took = now - m.started;
         self.record(&mut m, Outcome::Ok, None, took, pause, replayed);

@@ -131,6 +131,8 @@ pub struct Session {
     adapter: Box<dyn SessionAdapter>,
     cmds: mpsc::Receiver<SessionCommand>,
     migration: Option<Migration>,
+    /// A migration past its cut whose new backend is still settling, and until when to wait.
+    settling: Option<(Migration, Instant)>,
     /// Client frames held while paused, in order (the in-flight queue).
     held: VecDeque<Held>,
     held_len: usize,
@@ -182,6 +184,7 @@ pub async fn run(
         adapter,
         cmds,
         migration: None,
+        settling: None,
         held: VecDeque::new(),
         held_len: 0,
         paused: false,
@@ -418,6 +421,9 @@ impl Session {
             return Some(CloseReason::Backend);
         }
         info!(backend = %self.backend_name, why, "backend lost; failing over");
+        // A migration still settling is over: its queue goes into the dead link's unsent
+        // frames, which come back below.
+        self.finish_settling(true);
         if let Some(mut link) = self.backend.take() {
             // Client bytes A never took go first in the held queue: they reach B instead.
             let unsent = link.take_unsent();
@@ -444,6 +450,7 @@ impl Session {
 
     /// Checks done after every event: identity changes, cut-over readiness, failover retries.
     fn after_event(&mut self) -> Option<CloseReason> {
+        self.finish_settling(false);
         if self
             .migration
             .as_ref()
@@ -469,6 +476,7 @@ impl Session {
     }
 
     async fn finish(mut self, reason: CloseReason) {
+        self.finish_settling(true);
         if let Some(m) = self.migration.take() {
             m.abandon(&self.ctx.registry);
         }

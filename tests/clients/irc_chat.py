@@ -34,7 +34,7 @@ Output (--out, written atomically as JSON, also on errors):
   counts_after_welcome {...} for lines after the first 376/422
   (welcome_end_missing: none came within 10 s of 001, counted from then);
   besides raw commands ("001", "PRIVMSG", "PING", ...) the counts have
-  "JOIN_SELF"/"PART_SELF"/"NICK_SELF" for our own JOIN/PART/NICK,
+  "JOIN_SELF"/"PART_SELF"/"NICK_SELF"/"QUIT_SELF" for our own JOIN/PART/NICK/QUIT,
   errors {numeric: n} for every 4xx/5xx numeric (e.g. "401" No such nick),
   error_samples (first lines of those), other_messages (first PRIVMSG/NOTICE
   texts not from the peer's numbered stream), peer_present {channel: bool},
@@ -179,7 +179,7 @@ class Chat:
         raw = event.arguments[0]
         nick, command, params = parse_line(raw)
         self.bump(command)
-        if command in ("JOIN", "PART", "NICK") and self.is_me(nick):
+        if command in ("JOIN", "PART", "NICK", "QUIT") and self.is_me(nick):
             self.bump(command + "_SELF")
         if command.isdigit() and 400 <= int(command) <= 599:
             self.r["errors"][command] = self.r["errors"].get(command, 0) + 1

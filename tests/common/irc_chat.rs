@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 
 /// Key of private messages in the result's `received` / `sent_per_target`.
@@ -361,4 +361,55 @@ impl ChatResult {
             self.log
         )
     }
+}
+
+/// `got` received every message of `sender`, per target, exactly once, in order.
+pub fn check_received(got: &ChatResult, sender: &ChatSpec) -> Result<()> {
+    for target in sender.targets() {
+        let want = sender.expected_at_peer(&target);
+        ensure!(!want.is_empty(), "test sends nothing to {target}");
+        ensure!(
+            got.received(&target) == want,
+            "{target}: received {:?}, want {want:?}\n{}",
+            got.received(&target),
+            got.describe()
+        );
+    }
+    ensure!(got.flag("complete"), "not complete\n{}", got.describe());
+    Ok(())
+}
+
+/// One welcome burst, `channels` own JOINs, no disconnect, no error numerics.
+pub fn check_clean_session(r: &ChatResult, channels: u64) -> Result<()> {
+    ensure!(r.exit_code == Some(0), "exit code\n{}", r.describe());
+    ensure!(!r.flag("disconnected"), "disconnected\n{}", r.describe());
+    for key in ["001", "002", "003", "004", "375", "376", "251"] {
+        ensure!(r.count(key) == 1, "{key} count != 1\n{}", r.describe());
+        ensure!(
+            r.count_after_welcome(key) == 0,
+            "{key} after welcome\n{}",
+            r.describe()
+        );
+    }
+    ensure!(r.count("005") >= 1, "no 005\n{}", r.describe());
+    ensure!(r.count("372") >= 1, "no MOTD text\n{}", r.describe());
+    ensure!(
+        r.count("JOIN_SELF") == channels,
+        "JOIN_SELF\n{}",
+        r.describe()
+    );
+    ensure!(r.count("366") == channels, "366\n{}", r.describe());
+    ensure!(r.count("NICK") == 0, "NICK lines\n{}", r.describe());
+    ensure!(
+        r.errors().is_empty(),
+        "error numerics {:?}\n{}",
+        r.errors(),
+        r.describe()
+    );
+    ensure!(
+        r.json["error_lines"].as_array().is_some_and(Vec::is_empty),
+        "ERROR lines\n{}",
+        r.describe()
+    );
+    Ok(())
 }

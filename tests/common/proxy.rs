@@ -24,7 +24,12 @@ pub fn config(
     text
 }
 
+/// With `HANDOVER_TEST_LOG` set (e.g. `debug`), the proxy's own logs go to stderr.
 pub async fn start(text: &str) -> Running {
+    if let Ok(filter) = std::env::var("HANDOVER_TEST_LOG") {
+        std::env::set_var("RUST_LOG", filter);
+        handover::telemetry::init(handover::telemetry::LogFormat::Text);
+    }
     let config = handover::config::parse(text, "test.toml").expect("test config is valid");
     app::start(config).await.expect("proxy starts")
 }

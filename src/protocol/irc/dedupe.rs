@@ -4,9 +4,10 @@
 //! message can arrive on both. A signed multiset keyed by the line without its tags settles it:
 //!
 //! * an A line forwarded to the client counts +1;
-//! * a B line seen *during registration* (swallowed) counts −1 when A has not sent it yet, so
-//!   that A's later copy cancels out instead of lingering;
-//! * after the cut, a B line whose count is positive is a duplicate: hidden, one count spent.
+//! * B's channel traffic during registration is held by the session, like everything B says
+//!   between registration and the cut (see [`is_overlap_traffic`]);
+//! * after the cut, a held or later B line whose count is positive is a duplicate: hidden, one
+//!   count spent; otherwise it is forwarded (A's copy came too late, or never).
 //!
 //! Only lines both links can receive are counted: channel-targeted commands and the user
 //! broadcasts (QUIT, NICK, AWAY, …); numerics and private messages never are.
@@ -73,22 +74,6 @@ impl Dedupe {
         }
     }
 
-    /// A line B sent during registration (swallowed, never forwarded).
-    pub fn record_b_early(&mut self, msg: &Message, untagged: &[u8]) {
-        if self.cut || !is_shared(msg) {
-            return;
-        }
-        let key = self.keys.hash_one(untagged);
-        if !self.counts.contains_key(&key) && self.counts.len() >= MAX_ENTRIES {
-            return;
-        }
-        let count = self.counts.entry(key).or_insert(0);
-        if *count > 0 {
-            self.pending -= 1;
-        }
-        *count -= 1;
-    }
-
     /// B is current now: only A's lines not yet seen from B still matter.
     pub fn cutover(&mut self) {
         self.cut = true;
@@ -139,6 +124,21 @@ impl Dedupe {
 }
 
 /// True for lines that both links of one user can receive from the network.
+/// A line B sent during registration that is traffic of the shared channels from someone
+/// else: to be held for after the cut. Lines from or naming the temporary nick belong to the
+/// registration (its own JOIN echoes, the server's modes for it) and are not.
+pub fn is_overlap_traffic(msg: &Message, frame: &[u8], temp_nick: &str) -> bool {
+    const TRAFFIC: &[&str] = &[
+        "PRIVMSG", "NOTICE", "TAGMSG", "JOIN", "PART", "KICK", "TOPIC", "QUIT", "NICK",
+    ];
+    let temp = temp_nick.as_bytes();
+    let mentions_temp = !temp.is_empty()
+        && frame
+            .windows(temp.len())
+            .any(|w| w.eq_ignore_ascii_case(temp));
+    msg.from_user() && TRAFFIC.iter().any(|c| msg.is(c)) && is_shared(msg) && !mentions_temp
+}
+
 fn is_shared(msg: &Message) -> bool {
     const TARGETED: &[&str] = &[
         "PRIVMSG", "NOTICE", "TAGMSG", "JOIN", "PART", "KICK", "TOPIC", "MODE",
@@ -162,9 +162,6 @@ mod tests {
 
     fn a(d: &mut Dedupe, line: &[u8]) {
         d.record_a(&Message::parse(line).unwrap(), untagged(line));
-    }
-    fn b_early(d: &mut Dedupe, line: &[u8]) {
-        d.record_b_early(&Message::parse(line).unwrap(), untagged(line));
     }
     fn dup(d: &mut Dedupe, line: &[u8]) -> bool {
         d.is_duplicate(&Message::parse(line).unwrap(), untagged(line))
@@ -206,23 +203,34 @@ mod tests {
     }
 
     #[test]
-    fn a_b_line_seen_during_registration_cancels_a_later_a_copy() {
-        let mut d = Dedupe::default();
-        b_early(&mut d, HI);
-        a(&mut d, HI);
-        a(&mut d, YO);
-        d.cutover();
-        assert!(!dup(&mut d, HI), "B's copy was already swallowed");
-        assert!(dup(&mut d, YO));
+    fn registration_traffic_from_others_is_held_but_not_the_temporary_nicks_own() {
+        let t = |line: &[u8]| is_overlap_traffic(&Message::parse(line).unwrap(), line, "alice_1");
+        assert!(t(b":bob!~bob@h PRIVMSG #c :hello\r\n"));
+        assert!(t(b":bob!~bob@h JOIN #c\r\n"));
+        assert!(t(b":bob!~bob@h QUIT :bye\r\n"));
+        assert!(!t(b":alice_1!~alice@h JOIN #c\r\n"), "our own JOIN echo");
+        assert!(
+            !t(b":bob!~bob@h MODE #c +o alice_1\r\n"),
+            "names the temporary nick"
+        );
+        assert!(!t(b":bob!~bob@h PRIVMSG alice_1 :psst\r\n"), "private");
+        assert!(
+            !t(b":b.irc.test 353 alice_1 = #c :alice_1 bob\r\n"),
+            "numeric"
+        );
+        assert!(!t(b":b.irc.test MODE #c +nt\r\n"), "from the server");
     }
 
     #[test]
-    fn a_b_line_during_registration_consumes_an_earlier_a_copy() {
+    fn a_held_line_that_a_also_delivered_is_hidden_once() {
         let mut d = Dedupe::default();
         a(&mut d, HI);
-        b_early(&mut d, HI);
         d.cutover();
-        assert!(d.finished());
+        assert!(dup(&mut d, HI), "B's held copy: A delivered it");
+        assert!(
+            !dup(&mut d, HI),
+            "a second, real message with the same text"
+        );
     }
 
     #[test]

@@ -277,6 +277,10 @@ impl SessionAdapter for IrcSession {
     /// Refuses while the previous migration is still settling on the current backend (a
     /// moment: the fixup barrier, the nick reclaim), so a drain retries later; and for good
     /// when the session can't be re-created at all.
+    fn settled(&self) -> bool {
+        self.reclaim.is_none() && self.fixup.is_none()
+    }
+
     fn can_migrate(&self) -> Result<(), String> {
         if self.reclaim.is_some() {
             return Err("the previous migration is still taking the nick back".into());
@@ -326,10 +330,15 @@ impl SessionAdapter for IrcSession {
         let Some(msg) = Message::parse(frame) else {
             return RegisterStep::Continue(Vec::new());
         };
-        if m.register.welcomed() {
-            m.dedupe.record_b_early(&msg, untagged(frame));
+        // Channel traffic from others that B delivers once its temporary self is in the
+        // channel: held for after the cut, where the dedupe drops it if A delivered it too. It
+        // is not enough to count it: A's own copy may come only after A's flush-mark reply.
+        let hold =
+            m.register.welcomed() && dedupe::is_overlap_traffic(&msg, frame, m.register.nick());
+        match m.register.on_line(&self.snap, &msg) {
+            RegisterStep::Continue(send) if hold => RegisterStep::Hold(send),
+            step => step,
         }
-        m.register.on_line(&self.snap, &msg)
     }
 
     fn flush_mark(&mut self) -> Option<Bytes> {

@@ -258,7 +258,9 @@ fn a_second_migration_after_a_finished_one_works() {
 }
 
 #[test]
-fn b_lines_swallowed_during_registration_are_not_deduped_later() {
+/// B's channel traffic during registration is held (the session replays it through `observe`
+/// after the cut): hidden when A delivered it too, forwarded once when A's copy came too late.
+fn b_traffic_during_registration_is_held_and_deduped_at_the_cut() {
     let mut s = registered_on_ngircd();
     let sent = start(&mut s);
     let temp = nick_sent(&sent);
@@ -271,8 +273,15 @@ fn b_lines_swallowed_during_registration_are_not_deduped_later() {
     );
     let welcome = b_continue(&mut s, &[&format!(":b.irc.test 001 {temp} :Welcome")]);
     let token = ping_sent(&welcome);
-    // B relays bob's line before A does; the client gets it from A.
-    b_continue(&mut s, &[":bob!~bob@localhost PRIVMSG #test :early"]);
+    // B relays bob's lines before A does; A delivers "early" before its flush-mark reply,
+    // "late" only after it (that copy is dropped with A).
+    for text in ["early", "late"] {
+        let line = format!(":bob!~bob@localhost PRIVMSG #test :{text}");
+        assert!(
+            matches!(b(&mut s, &line), RegisterStep::Hold(_)),
+            "{text} is held"
+        );
+    }
     assert_eq!(
         server(&mut s, ":bob!~bob@localhost PRIVMSG #test :early"),
         Verdict::Forward
@@ -293,11 +302,22 @@ fn b_lines_swallowed_during_registration_are_not_deduped_later() {
     ));
     s.detach();
     s.cutover();
-    // bob says the same again after the cut: that is a new line, not a duplicate.
+    // The session replays the held lines: "early" was delivered by A, "late" was not.
     assert_eq!(
         server(&mut s, ":bob!~bob@localhost PRIVMSG #test :early"),
-        Verdict::Forward
+        Verdict::Hide
     );
+    let late = ":bob!~bob@localhost PRIVMSG #test :late";
+    assert!(matches!(
+        server(&mut s, late),
+        Verdict::Forward | Verdict::Rewrite(_)
+    ));
+    s.held_lines_done();
+    // bob says the same again after the cut: that is a new line, not a duplicate.
+    assert!(matches!(
+        server(&mut s, ":bob!~bob@localhost PRIVMSG #test :early"),
+        Verdict::Forward | Verdict::Rewrite(_)
+    ));
 }
 
 #[test]
