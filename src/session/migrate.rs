@@ -288,6 +288,7 @@ impl Session {
                 Err(e) => return self.abort_migration(&format!("the new backend sent {e}")),
             };
             if !registering {
+                tracing::trace!(line = %String::from_utf8_lossy(&frame).trim_end(), "held from the new backend");
                 m.held_b_len += frame.len();
                 m.held_b.push_back(frame);
                 continue;
@@ -295,6 +296,7 @@ impl Session {
             match self.adapter.on_register_frame(&frame) {
                 RegisterStep::Continue(send) => send.into_iter().for_each(|f| link.push(f)),
                 RegisterStep::Hold(send) => {
+                    tracing::trace!(line = %String::from_utf8_lossy(&frame).trim_end(), "held from the new backend (registering)");
                     send.into_iter().for_each(|f| link.push(f));
                     m.held_b_len += frame.len();
                     m.held_b.push_back(frame);
@@ -364,6 +366,7 @@ impl Session {
             tokio::spawn(a.finish(Duration::from_secs(2)));
         }
         for frame in self.adapter.cutover() {
+            tracing::debug!(line = %String::from_utf8_lossy(&frame).trim_end(), "cut over: to the new backend");
             link.push(frame);
         }
         self.backend = Some(link);

@@ -172,14 +172,20 @@ pub async fn run(
     };
     ctx.registry.add_session(info, handle);
     let tls = client.is_tls();
+    let client_info = ClientInfo {
+        addr: client_addr,
+        tls,
+    };
+    let mut backend = Link::new(backend);
+    // The same prelude as on every later backend (IRC WEBIRC), before any client byte.
+    if let Some(prelude) = adapter.backend_prelude(backend_config, &client_info) {
+        backend.push(prelude);
+    }
     let session = Session {
         id,
         client: Link::new(client),
-        client_info: ClientInfo {
-            addr: client_addr,
-            tls,
-        },
-        backend: Some(Link::new(backend)),
+        client_info,
+        backend: Some(backend),
         backend_name: backend_config.name.clone(),
         adapter,
         cmds,
@@ -382,7 +388,16 @@ impl Session {
 
     /// Applies the adapter's verdict to one frame of the current backend.
     fn route_backend_frame(&mut self, frame: Bytes) {
-        match self.adapter.observe(Direction::BackendToClient, &frame) {
+        let verdict = self.adapter.observe(Direction::BackendToClient, &frame);
+        tracing::trace!(
+            line = %String::from_utf8_lossy(&frame).trim_end(),
+            ?verdict,
+            migrating = self.migration.is_some(),
+            settling = self.settling.is_some(),
+            backend = %self.backend_name,
+            "to the client"
+        );
+        match verdict {
             Verdict::Forward => self.client.push(frame),
             Verdict::Rewrite(bytes) => self.client.push(bytes),
             Verdict::Reply(bytes) => {

@@ -94,6 +94,9 @@ pub struct IrcSession {
     dedupe: Option<Dedupe>,
     /// The backend sent `ERROR`: the close that follows is deliberate, not a lost server.
     backend_error: bool,
+    /// The temporary nick of an aborted migration: the network may still relay its lines
+    /// (its QUIT) through the current backend; they are hidden until that QUIT.
+    ghost: Option<String>,
 }
 
 /// A migration between `start_register` and `cutover`.
@@ -101,6 +104,9 @@ pub struct IrcSession {
 struct Migration {
     register: Register,
     dedupe: Dedupe,
+    /// We sent the old link its QUIT (a drain or move); false in a failover, where the old
+    /// server is gone and the network has dropped the nick already (or will, by netsplit).
+    detached: bool,
 }
 
 impl IrcSession {
@@ -115,6 +121,7 @@ impl IrcSession {
             reclaim: None,
             dedupe: None,
             backend_error: false,
+            ghost: None,
         }
     }
 
@@ -146,6 +153,9 @@ impl IrcSession {
         if msg.is("ERROR") {
             self.backend_error = true;
         }
+        if self.is_about_temporary_self(&msg) {
+            return Verdict::Hide;
+        }
         if let Some(verdict) = self.reconcile(&msg, frame) {
             return verdict;
         }
@@ -167,10 +177,52 @@ impl IrcSession {
         let Some(msg) = Message::parse(&rewritten) else {
             return Verdict::Forward;
         };
+        if self.is_rejoin_of_a_joined_channel(&msg) {
+            return Verdict::Hide;
+        }
         match self.learn(&msg, &rewritten) {
             Verdict::Forward => Verdict::Rewrite(rewritten),
             other => other,
         }
+    }
+
+    /// A line whose source is the temporary nick of a migration under way (A relays what the
+    /// new connection does on B, such as its JOINs) or of an aborted one (its QUIT): the
+    /// client must never see its other self.
+    fn is_about_temporary_self(&mut self, msg: &Message) -> bool {
+        let Some(source) = msg.source_nick().filter(|_| msg.from_user()) else {
+            return false;
+        };
+        if let Some(m) = &self.migration {
+            if irc_eq(source, m.register.nick().as_bytes()) {
+                return true;
+            }
+        }
+        if let Some(ghost) = &self.ghost {
+            if irc_eq(source, ghost.as_bytes()) {
+                if msg.is("QUIT") {
+                    self.ghost = None;
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Our own JOIN of a channel the client is already in: an echo of the re-registration
+    /// that must not reach the client (it would look like a second join).
+    fn is_rejoin_of_a_joined_channel(&self, msg: &Message) -> bool {
+        let (Some(source), Some(nick)) = (msg.source_nick(), self.snap.nick.as_deref()) else {
+            return false;
+        };
+        let channel = msg.param(0).unwrap_or_default();
+        msg.is("JOIN")
+            && irc_eq(source, nick.as_bytes())
+            && self
+                .snap
+                .channels
+                .iter()
+                .any(|c| irc_eq(c.name.as_bytes(), channel))
     }
 
     /// The reclaim's say on a B line, if it has one.
@@ -317,6 +369,7 @@ impl SessionAdapter for IrcSession {
         self.migration = Some(Migration {
             register,
             dedupe: Dedupe::default(),
+            detached: false,
         });
         self.flush_token = None;
         self.dedupe = None;
@@ -361,6 +414,9 @@ impl SessionAdapter for IrcSession {
     }
 
     fn detach(&mut self) -> Option<Bytes> {
+        if let Some(m) = self.migration.as_mut() {
+            m.detached = true;
+        }
         Some(line(&["QUIT", QUIT_MESSAGE]))
     }
 
@@ -383,7 +439,14 @@ impl SessionAdapter for IrcSession {
         if !irc_eq(temp.as_bytes(), real.as_bytes()) {
             let (reclaim, nick) = Reclaim::start(&real, temp, m.register.userhost());
             self.reclaim = Some(reclaim);
-            send.push(nick);
+            // With shared channels, B relays the old connection's QUIT once the network has
+            // processed it, and the reclaim answers that QUIT with the NICK. Asking earlier
+            // races the QUIT: under load a server can accept the NICK while the old server
+            // still holds the nick, and the network kills both for a nick collision.
+            // In a failover B may have seen that QUIT (a netsplit) before we joined: ask now.
+            if self.snap.channels.is_empty() || !m.detached {
+                send.push(nick);
+            }
         }
         send
     }
@@ -395,7 +458,13 @@ impl SessionAdapter for IrcSession {
     }
 
     fn abort_migration(&mut self) {
-        self.migration = None;
+        if let Some(m) = self.migration.take() {
+            let temp = m.register.nick();
+            let real = self.snap.nick.as_deref().unwrap_or_default();
+            if !irc_eq(temp.as_bytes(), real.as_bytes()) {
+                self.ghost = Some(temp.to_string());
+            }
+        }
         self.flush_token = None;
     }
 

@@ -227,3 +227,35 @@ fn a_lost_server_fails_over_but_a_deliberate_close_does_not() {
     client(&mut s, "QUIT :bye");
     assert!(!s.failover_on_close(), "the client asked to leave");
 }
+
+#[test]
+fn the_temporary_self_is_never_shown_even_when_the_old_server_relays_it() {
+    use super::super::SessionAdapter as _;
+    let mut s = registered_on_ngircd();
+    let sent = start(&mut s);
+    let temp = nick_sent(&sent);
+    // While B registers, A relays the new connection's JOIN to the old one: hidden.
+    let relayed = format!(":{temp}!~alice@127.0.0.1 JOIN :#test");
+    assert_eq!(server(&mut s, &relayed), Verdict::Hide);
+    assert_eq!(
+        server(&mut s, ":bob!~bob@h PRIVMSG #test :hi"),
+        Verdict::Forward
+    );
+    // The migration aborts: the temporary connection's QUIT, relayed by A, is hidden too.
+    s.abort_migration();
+    assert_eq!(
+        server(
+            &mut s,
+            &format!(":{temp}!~alice@127.0.0.1 QUIT :Connection closed")
+        ),
+        Verdict::Hide
+    );
+    assert_eq!(
+        server(
+            &mut s,
+            &format!(":{temp}!~alice@127.0.0.1 PRIVMSG #test :x")
+        ),
+        Verdict::Forward,
+        "only until its QUIT"
+    );
+}
