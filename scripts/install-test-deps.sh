@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need on a fresh Debian 12 machine (run as root):
 #   * real IRC servers ngircd and inspircd (two of each are linked per test), socat;
-#   * a Python venv at ./venv with the real client libraries irc (jaraco) and pydle.
+#   * a Python venv at ./venv with the real client libraries irc (jaraco) and pydle, and
+#     PyYAML to parse the Kubernetes manifests in deploy/;
+#   * prometheus + promtool (a real Prometheus scrapes handover in tests/prometheus.rs and
+#     checks deploy/prometheus/), systemd-analyze (verifies deploy/systemd/handover.service).
 # Idempotent and quick (a few seconds) when everything is already there: apt and pip
 # are only invoked for what is missing.
 set -euo pipefail
@@ -9,6 +12,7 @@ cd "$(dirname "$0")/.."
 
 IRC_VERSION=20.5.0
 PYDLE_VERSION=1.2.0
+PYYAML_VERSION=6.0.3
 
 log() { echo "install-test-deps: $*" >&2; }
 
@@ -17,11 +21,16 @@ missing=()
 command -v ngircd >/dev/null 2>&1 || [ -x /usr/sbin/ngircd ] || missing+=(ngircd)
 command -v inspircd >/dev/null 2>&1 || [ -x /usr/sbin/inspircd ] || missing+=(inspircd)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# `man`, which systemd-analyze verify runs for the unit's Documentation=man:handover(1).
+command -v man >/dev/null 2>&1 || missing+=(man-db)
 want_ok() {
-    venv/bin/python - "$IRC_VERSION" "$PYDLE_VERSION" <<'PY' >/dev/null 2>&1
+    venv/bin/python - "$IRC_VERSION" "$PYDLE_VERSION" "$PYYAML_VERSION" <<'PY' >/dev/null 2>&1
 import sys
 from importlib.metadata import version
-sys.exit(0 if (version("irc"), version("pydle")) == (sys.argv[1], sys.argv[2]) else 1)
+want = (version("irc"), version("pydle"), version("PyYAML"))
+sys.exit(0 if want == tuple(sys.argv[1:4]) else 1)
 PY
 }
 # A venv without pip (e.g. made while python3-venv was missing) can't be repaired: remake it.
@@ -53,8 +62,9 @@ if [ ! -x venv/bin/python ]; then
     "$PYTHON" -m venv venv
 fi
 if ! want_ok; then
-    log "installing irc==$IRC_VERSION pydle==$PYDLE_VERSION into ./venv"
-    venv/bin/pip install -q --disable-pip-version-check "irc==$IRC_VERSION" "pydle==$PYDLE_VERSION"
+    log "installing irc==$IRC_VERSION pydle==$PYDLE_VERSION PyYAML==$PYYAML_VERSION into ./venv"
+    venv/bin/pip install -q --disable-pip-version-check "irc==$IRC_VERSION" \
+        "pydle==$PYDLE_VERSION" "PyYAML==$PYYAML_VERSION"
     want_ok || { log "venv check failed after pip install"; exit 1; }
 fi
-log "ok (ngircd, inspircd, socat, venv with irc $IRC_VERSION + pydle $PYDLE_VERSION)"
+log "ok (ngircd, inspircd, socat, prometheus, systemd-analyze, venv with irc $IRC_VERSION + pydle $PYDLE_VERSION + PyYAML $PYYAML_VERSION)"
