@@ -185,7 +185,7 @@ async fn serve_notifies_ready_then_stopping() {
         let mut lines = BufReader::new(stderr).lines();
         let addr: std::net::SocketAddr = loop {
             let line = lines.next().expect("a listening line").unwrap();
-            if let Some(at) = line.find("address=") {
+            if let Some(at) = line.find("address=").filter(|_| line.contains("listener=")) {
                 break line[at + 8..]
                     .split_whitespace()
                     .next()
