@@ -73,6 +73,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut listeners = Vec::new();
     for l in &config.listener {
         let protocol = crate::protocol::lookup(&l.protocol, l).context("protocol validated")?;
+        // Zero series from the start, so rate() and alerts see the first event.
+        registry.metrics.preregister(&[(&l.name, protocol.name())]);
         let tls = match &l.tls {
             Some(files) => Some(TlsAcceptor::from(
                 crate::net::tls::server_config(files).map_err(anyhow::Error::msg)?,
