@@ -1,0 +1,254 @@
+//! Prometheus for real: Debian's `prometheus` scrapes handover's admin /metrics with the config
+//! and alert rules shipped in deploy/prometheus/, a drain moves sessions, and Prometheus' own
+//! HTTP API shows the migrations counted and the sessions moved. promtool checks and unit-tests
+//! the shipped files.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fake::EchoBackend;
+use common::prometheus::{Prometheus, DEPLOY};
+use common::proxy;
+use handover::admin::api::ControlApi;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn promtool(args: &[&str]) -> String {
+    let out = match Command::new("promtool")
+        .args(args)
+        .current_dir(DEPLOY)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => panic!(
+            "cannot run promtool ({e}): install Debian's `prometheus` package \
+             (scripts/install-test-deps.sh does)"
+        ),
+    };
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?}:\n{said}");
+    said
+}
+
+#[test]
+fn promtool_accepts_the_shipped_config_and_rules() {
+    let said = promtool(&["check", "config", "prometheus.yml"]);
+    assert!(said.contains("1 rule files found"), "{said}");
+    let said = promtool(&["check", "rules", "handover.rules.yml"]);
+    assert!(said.contains("SUCCESS"), "{said}");
+    // Every alert fires on its failure and stays quiet through a normal drain.
+    let said = promtool(&["test", "rules", "handover.rules.test.yml"]);
+    assert!(said.contains("SUCCESS"), "{said}");
+}
+
+/// A raw client that sends a prelude and then a line every 50 ms, reading the echoes.
+pub struct Client {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Client {
+    pub async fn start(addr: std::net::SocketAddr) -> Self {
+        let (mut rd, mut wr) = TcpStream::connect(addr).await.unwrap().into_split();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let writer = tokio::spawn(async move {
+            wr.write_all(b"HELLO\n").await.unwrap();
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                if wr
+                    .write_all(format!("line {n}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+            }
+        });
+        Self {
+            stop,
+            tasks: vec![writer, reader],
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn raw_config(backends: &[(&str, String)]) -> String {
+    proxy::config(
+        "raw",
+        backends,
+        "prelude_bytes = 6\nprelude_settle_ms = 100\n",
+        "[health]\ninterval_ms = 200\ntimeout_ms = 200\nrise = 1\nfall = 1\n",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_sees_a_drain_move_every_session() {
+    let (a, b) = (EchoBackend::start().await, EchoBackend::start().await);
+    let running = proxy::start(&raw_config(&[
+        ("a", a.addr.to_string()),
+        ("b", b.addr.to_string()),
+    ]))
+    .await;
+    let engine = running.engine.clone();
+    // Three clients on a: b takes no new sessions while they connect.
+    engine.drain("b").unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(Client::start(running.listener("main")).await);
+    }
+    wait_until("3 sessions on a", || {
+        engine.backend("a").unwrap().sessions == 3
+    })
+    .await;
+    engine.undrain("b").unwrap();
+
+    let prom = Prometheus::start("drain", running.admin, "1s").await;
+    let target = prom
+        .wait_for(r#"up{job="handover"}"#, LIMIT, |v| v == Some(1.0))
+        .await;
+    assert_eq!(target, Some(1.0), "{}", prom.log());
+    prom.wait_for(
+        r#"handover_sessions{listener="main",backend="a"}"#,
+        LIMIT,
+        |v| v == Some(3.0),
+    )
+    .await;
+    assert_eq!(
+        prom.value(r#"handover_sessions{backend="b"}"#).await,
+        Some(0.0)
+    );
+    // The migration series exist at zero before the first migration.
+    assert_eq!(
+        prom.value(r#"sum(handover_migrations_total{protocol="raw"})"#)
+            .await,
+        Some(0.0)
+    );
+    assert_eq!(
+        prom.query(r#"handover_migrations_total{protocol="raw"}"#)
+            .await
+            .len(),
+        4 * 3,
+        "every reason x outcome"
+    );
+    // A few scrapes at zero, so rate() has a before.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    engine.drain("a").unwrap();
+    let finished = engine.drain_wait("a").await.unwrap();
+    assert_eq!((finished.migrated, finished.failed), (3, 0), "{finished:?}");
+
+    let ok = r#"handover_migrations_total{protocol="raw",reason="drain",outcome="ok"}"#;
+    prom.wait_for(ok, LIMIT, |v| v == Some(3.0)).await;
+    prom.wait_for(
+        r#"handover_sessions{listener="main",backend="a"}"#,
+        LIMIT,
+        |v| v == Some(0.0),
+    )
+    .await;
+    assert_eq!(
+        prom.value(r#"handover_sessions{listener="main",backend="b"}"#)
+            .await,
+        Some(3.0)
+    );
+    assert_eq!(
+        prom.value(r#"handover_backend_state{backend="a",state="drained"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        prom.value(r#"sum(handover_migrations_total{outcome!="ok"})"#)
+            .await,
+        Some(0.0)
+    );
+    // What the dashboard and the alerts compute: increase() sees the drain (the series
+    // existed at zero before), and the duration quantile is a real number of seconds.
+    let increase = prom
+        .wait_for(&format!("sum(increase({ok}[1m]))"), LIMIT, |v| {
+            v.is_some_and(|v| v > 0.0)
+        })
+        .await;
+    assert!(increase.unwrap() >= 1.0, "{increase:?}");
+    let p50 = prom
+        .wait_for(
+            "histogram_quantile(0.5, sum by (le) \
+             (rate(handover_migration_duration_seconds_bucket[1m])))",
+            LIMIT,
+            |v| v.is_some_and(f64::is_finite),
+        )
+        .await
+        .unwrap();
+    assert!(p50 > 0.0 && p50 <= 60.0, "{p50}");
+    let bytes = prom
+        .value(r#"handover_bytes_total{direction="client_to_backend"}"#)
+        .await
+        .unwrap();
+    assert!(bytes > 0.0, "{bytes}");
+
+    // The shipped rules loaded and evaluate without error against real series.
+    let started = std::time::Instant::now();
+    loop {
+        let rules = prom.api("/api/v1/rules").await;
+        let all: Vec<_> = rules["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().clone())
+            .collect();
+        assert_eq!(all.len(), 7, "{rules}");
+        if all.iter().all(|r| r["health"] == "ok") {
+            // Nothing is wrong in this run, so nothing fires.
+            let firing: Vec<_> = all
+                .iter()
+                .filter(|r| r["state"] != "inactive")
+                .map(|r| r["name"].clone())
+                .collect();
+            assert!(firing.is_empty(), "{firing:?}");
+            break;
+        }
+        assert!(started.elapsed() < LIMIT, "rules not healthy: {rules}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(clients);
+    drop(prom);
+    running.shutdown(Duration::from_secs(2)).await;
+}
