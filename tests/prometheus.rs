@@ -248,7 +248,50 @@ async fn prometheus_sees_a_drain_move_every_session() {
         assert!(started.elapsed() < LIMIT, "rules not healthy: {rules}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // Every query of the Grafana dashboard runs on this data; the panels that a drain
+    // feeds show something.
+    for (title, expr, _) in dashboard_queries() {
+        let samples = prom.query(&instant(&expr, "1m")).await;
+        let must_show = [
+            "Sessions per backend",
+            "Backend state",
+            "Migrations by outcome",
+            "Migration duration",
+            "Client pause",
+            "Bytes forwarded",
+        ];
+        if must_show.contains(&title.as_str()) {
+            assert!(!samples.is_empty(), "panel {title:?} is empty: {expr}");
+        }
+    }
     drop(clients);
     drop(prom);
     running.shutdown(Duration::from_secs(2)).await;
+}
+
+const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/handover.json");
+
+/// (panel title, PromQL with Grafana's variables, legend format) for every panel target.
+fn dashboard_queries() -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(DASHBOARD).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            out.push((
+                panel["title"].as_str().unwrap().to_string(),
+                target["expr"].as_str().unwrap().to_string(),
+                target["legendFormat"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    assert!(out.len() >= 6, "{out:?}");
+    out
+}
+
+/// A dashboard query as Grafana would send it: every instance, `window` for the rate.
+fn instant(expr: &str, window: &str) -> String {
+    expr.replace("$__rate_interval", window)
+        .replace("$instance", ".*")
 }
