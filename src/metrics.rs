@@ -192,6 +192,17 @@ pub const BACKEND_STATES: [&str; 4] = ["active", "draining", "drained", "down"];
 pub const REFUSED_REASONS: [&str; 4] =
     ["max_sessions", "no_backend", "tls_handshake", "tls_timeout"];
 
+/// The `reason` labels of `handover_sessions_closed_total` (`session::CloseReason::label`).
+pub const CLOSE_REASONS: [&str; 7] = [
+    "client",
+    "backend",
+    "backend_lost",
+    "protocol_error",
+    "shutdown",
+    "admin",
+    "io_error",
+];
+
 impl Metrics {
     /// Creates, at zero, the counter and histogram series that the configured listeners can
     /// produce, so they are scraped from the start: Prometheus' `rate()` and `increase()`
@@ -201,6 +212,9 @@ impl Metrics {
     pub fn preregister(&self, listeners: &[(&str, &str)]) {
         for (listener, protocol) in listeners {
             self.accepted.add(&[listener], 0);
+            for reason in CLOSE_REASONS {
+                self.closed.add(&[listener, reason], 0);
+            }
             for reason in REFUSED_REASONS {
                 self.refused.add(&[listener, reason], 0);
             }
@@ -375,6 +389,7 @@ mod tests {
         });
         for needle in [
             "handover_sessions_accepted_total{listener=\"irc\"} 0",
+            "handover_sessions_closed_total{listener=\"game\",reason=\"backend_lost\"} 0",
             "handover_connections_refused_total{listener=\"game\",reason=\"no_backend\"} 0",
             "handover_migrations_total{protocol=\"irc\",reason=\"failover\",outcome=\"failed\"} 0",
             "handover_migrations_total{protocol=\"raw\",reason=\"drain\",outcome=\"ok\"} 1",

@@ -96,6 +96,19 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// One of each, for the labels (`metrics::CLOSE_REASONS` must list every one).
+    pub fn examples() -> [CloseReason; 7] {
+        [
+            CloseReason::Client,
+            CloseReason::Backend,
+            CloseReason::BackendLost,
+            CloseReason::Protocol(String::new()),
+            CloseReason::Shutdown,
+            CloseReason::Admin,
+            CloseReason::Io(String::new()),
+        ]
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             CloseReason::Client => "client",
@@ -526,5 +539,16 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CloseReason;
+
+    #[test]
+    fn every_close_reason_is_preregistered() {
+        let labels: Vec<&str> = CloseReason::examples().iter().map(|r| r.label()).collect();
+        assert_eq!(labels, crate::metrics::CLOSE_REASONS);
     }
 }
