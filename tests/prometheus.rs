@@ -295,3 +295,125 @@ fn instant(expr: &str, window: &str) -> String {
     expr.replace("$__rate_interval", window)
         .replace("$instance", ".*")
 }
+
+/// Accepts connections and closes them at once: health checks pass, registrations fail.
+async fn closing_backend() -> (std::net::SocketAddr, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            drop(sock);
+        }
+    });
+    (addr, task)
+}
+
+/// Not a check: feeds the dashboard a two-minute run (drains, operator moves, aborted moves,
+/// a backend killed, clients leaving) and writes every panel's query_range to
+/// $HANDOVER_SNAPSHOT_DIR/panels.json for scripts/dashboard-snapshot.sh to draw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes a dashboard snapshot; run by scripts/dashboard-snapshot.sh"]
+async fn dashboard_snapshot() {
+    let out_dir = std::path::PathBuf::from(
+        std::env::var("HANDOVER_SNAPSHOT_DIR").expect("HANDOVER_SNAPSHOT_DIR"),
+    );
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let (a, b, c) = (
+        EchoBackend::start().await,
+        EchoBackend::start().await,
+        EchoBackend::start().await,
+    );
+    let (d_addr, _d) = closing_backend().await;
+    let running = proxy::start(&raw_config(&[
+        ("a", a.addr.to_string()),
+        ("b", b.addr.to_string()),
+        ("c", c.addr.to_string()),
+        ("d", d_addr.to_string()),
+    ]))
+    .await;
+    let engine = running.engine.clone();
+    engine.drain("d").unwrap();
+    let prom = Prometheus::start("snapshot", running.admin, "1s").await;
+    let start = now();
+    let mut events: Vec<(f64, String)> = Vec::new();
+    let mut event = |what: &str| {
+        eprintln!("snapshot: {what}");
+        events.push((now(), what.to_string()))
+    };
+    let sleep = |s: u64| tokio::time::sleep(Duration::from_secs(s));
+
+    sleep(5).await;
+    event("12 clients connect");
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(Client::start(running.listener("main")).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    sleep(10).await;
+    event("drain a");
+    engine.drain("a").unwrap();
+    engine.drain_wait("a").await.unwrap();
+    sleep(10).await;
+    event("undrain a; 6 more clients");
+    engine.undrain("a").unwrap();
+    for _ in 0..6 {
+        clients.push(Client::start(running.listener("main")).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    sleep(10).await;
+    event("drain b");
+    engine.drain("b").unwrap();
+    engine.drain_wait("b").await.unwrap();
+    sleep(8).await;
+    event("undrain b; operator moves 3 to b");
+    engine.undrain("b").unwrap();
+    for s in engine.sessions().iter().take(3) {
+        let _ = engine.migrate(&s.id, Some("b".into())).await;
+    }
+    sleep(8).await;
+    event("2 moves to d abort");
+    engine.undrain("d").unwrap();
+    for s in engine.sessions().iter().take(2) {
+        let _ = engine.migrate(&s.id, Some("d".into())).await;
+    }
+    engine.drain("d").unwrap();
+    sleep(8).await;
+    event("backend c killed: failover");
+    c.kill();
+    sleep(12).await;
+    event("4 clients leave");
+    for _ in 0..4 {
+        clients.pop();
+    }
+    sleep(12).await;
+    let end = now();
+
+    let mut panels = Vec::new();
+    for (title, expr, legend) in dashboard_queries() {
+        let result = prom
+            .query_range(&instant(&expr, "5s"), start, end, 1.0)
+            .await;
+        panels.push(serde_json::json!({
+            "title": title, "expr": expr, "legend": legend, "result": result,
+        }));
+    }
+    let snapshot = serde_json::json!({
+        "start": start, "end": end, "panels": panels,
+        "events": events.iter().map(|(t, w)| serde_json::json!([t, w])).collect::<Vec<_>>(),
+    });
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::fs::write(
+        out_dir.join("panels.json"),
+        serde_json::to_string_pretty(&snapshot).unwrap(),
+    )
+    .unwrap();
+    eprintln!("snapshot: wrote {}", out_dir.join("panels.json").display());
+    drop(clients);
+    drop(prom);
+    running.shutdown(Duration::from_secs(2)).await;
+}
