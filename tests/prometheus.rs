@@ -409,7 +409,7 @@ async fn dashboard_snapshot() {
     std::fs::create_dir_all(&out_dir).unwrap();
     std::fs::write(
         out_dir.join("panels.json"),
-        serde_json::to_string_pretty(&snapshot).unwrap(),
+        serde_json::to_string(&snapshot).unwrap(),
     )
     .unwrap();
     eprintln!("snapshot: wrote {}", out_dir.join("panels.json").display());
