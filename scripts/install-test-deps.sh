@@ -2,7 +2,7 @@
 # Installs what the integration tests need on a fresh Debian 12 machine (run as root):
 #   * real IRC servers ngircd and inspircd (two of each are linked per test), socat;
 #   * a Python venv at ./venv with the real client libraries irc (jaraco) and pydle, and
-#     PyYAML to parse the Kubernetes manifests in deploy/;
+#     PyYAML + kubernetes-validate (offline OpenAPI schemas) for deploy/kubernetes/;
 #   * prometheus + promtool (a real Prometheus scrapes handover in tests/prometheus.rs and
 #     checks deploy/prometheus/), systemd-analyze (verifies deploy/systemd/handover.service).
 # Idempotent and quick (a few seconds) when everything is already there: apt and pip
@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 IRC_VERSION=20.5.0
 PYDLE_VERSION=1.2.0
 PYYAML_VERSION=6.0.3
+K8S_VALIDATE_VERSION=1.37.0
 
 log() { echo "install-test-deps: $*" >&2; }
 
@@ -26,11 +27,11 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # `man`, which systemd-analyze verify runs for the unit's Documentation=man:handover(1).
 command -v man >/dev/null 2>&1 || missing+=(man-db)
 want_ok() {
-    venv/bin/python - "$IRC_VERSION" "$PYDLE_VERSION" "$PYYAML_VERSION" <<'PY' >/dev/null 2>&1
+    venv/bin/python - "$IRC_VERSION" "$PYDLE_VERSION" "$PYYAML_VERSION" "$K8S_VALIDATE_VERSION" <<'PY' >/dev/null 2>&1
 import sys
 from importlib.metadata import version
-want = (version("irc"), version("pydle"), version("PyYAML"))
-sys.exit(0 if want == tuple(sys.argv[1:4]) else 1)
+have = tuple(version(p) for p in ("irc", "pydle", "PyYAML", "kubernetes-validate"))
+sys.exit(0 if have == tuple(sys.argv[1:5]) else 1)
 PY
 }
 # A venv without pip (e.g. made while python3-venv was missing) can't be repaired: remake it.
@@ -62,9 +63,10 @@ if [ ! -x venv/bin/python ]; then
     "$PYTHON" -m venv venv
 fi
 if ! want_ok; then
-    log "installing irc==$IRC_VERSION pydle==$PYDLE_VERSION PyYAML==$PYYAML_VERSION into ./venv"
+    log "installing irc==$IRC_VERSION pydle==$PYDLE_VERSION PyYAML==$PYYAML_VERSION kubernetes-validate==$K8S_VALIDATE_VERSION into ./venv"
     venv/bin/pip install -q --disable-pip-version-check "irc==$IRC_VERSION" \
-        "pydle==$PYDLE_VERSION" "PyYAML==$PYYAML_VERSION"
+        "pydle==$PYDLE_VERSION" "PyYAML==$PYYAML_VERSION" \
+        "kubernetes-validate==$K8S_VALIDATE_VERSION"
     want_ok || { log "venv check failed after pip install"; exit 1; }
 fi
-log "ok (ngircd, inspircd, socat, prometheus, systemd-analyze, venv with irc $IRC_VERSION + pydle $PYDLE_VERSION + PyYAML $PYYAML_VERSION)"
+log "ok (ngircd, inspircd, socat, prometheus, systemd-analyze, venv with irc $IRC_VERSION + pydle $PYDLE_VERSION + PyYAML $PYYAML_VERSION + kubernetes-validate $K8S_VALIDATE_VERSION)"
