@@ -109,7 +109,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {} for the admin API", config.admin.listen))?;
     let admin = admin_socket.local_addr()?;
-    info!(address = %admin, "admin API listening");
     let token = match &config.admin.token_file {
         Some(path) => Some(crate::config::read_token(path).map_err(anyhow::Error::msg)?),
         None => None,

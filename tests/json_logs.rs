@@ -92,8 +92,8 @@ fn start(a: SocketAddr, b: SocketAddr) -> Proxy {
     }
 }
 
-fn address(v: &Value) -> SocketAddr {
-    v["fields"]["address"].as_str().unwrap().parse().unwrap()
+fn address(v: &Value, field: &str) -> SocketAddr {
+    v["fields"][field].as_str().unwrap().parse().unwrap()
 }
 
 fn cli(admin: SocketAddr, args: &[&str]) -> String {
@@ -123,8 +123,11 @@ async fn a_drain_logs_one_json_migration_line_with_the_session_id() {
     let (a_addr, b_addr) = (a.addr, b.addr);
     let result = tokio::task::spawn_blocking(move || {
         let mut proxy = start(a_addr, b_addr);
-        let listen = address(&proxy.until("listening", |v| v["fields"]["listener"] == "main"));
-        let admin = address(&proxy.until("admin API listening", |_| true));
+        let listen = address(
+            &proxy.until("listening", |v| v["fields"]["listener"] == "main"),
+            "address",
+        );
+        let admin = address(&proxy.until("admin API listening", |_| true), "addr");
 
         // Pin the client to a: b takes no new sessions while it connects.
         cli(admin, &["drain", "b"]);
