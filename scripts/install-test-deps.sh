@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need on a fresh Debian 12 machine (run as root):
 #   * real IRC servers ngircd and inspircd (two of each are linked per test), socat;
-#   * a Python venv at ./venv with the real client libraries irc (jaraco) and pydle.
+#   * a Python venv at ./venv with the real client libraries irc (jaraco) and pydle, and
+#     PyYAML + kubernetes-validate (offline OpenAPI schemas) for deploy/kubernetes/;
+#   * prometheus + promtool (a real Prometheus scrapes handover in tests/prometheus.rs and
+#     checks deploy/prometheus/), systemd-analyze (verifies deploy/systemd/handover.service).
 # Idempotent and quick (a few seconds) when everything is already there: apt and pip
 # are only invoked for what is missing.
 set -euo pipefail
@@ -9,6 +12,8 @@ cd "$(dirname "$0")/.."
 
 IRC_VERSION=20.5.0
 PYDLE_VERSION=1.2.0
+PYYAML_VERSION=6.0.3
+K8S_VALIDATE_VERSION=1.37.0
 
 log() { echo "install-test-deps: $*" >&2; }
 
@@ -17,11 +22,16 @@ missing=()
 command -v ngircd >/dev/null 2>&1 || [ -x /usr/sbin/ngircd ] || missing+=(ngircd)
 command -v inspircd >/dev/null 2>&1 || [ -x /usr/sbin/inspircd ] || missing+=(inspircd)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# `man`, which systemd-analyze verify runs for the unit's Documentation=man:handover(1).
+command -v man >/dev/null 2>&1 || missing+=(man-db)
 want_ok() {
-    venv/bin/python - "$IRC_VERSION" "$PYDLE_VERSION" <<'PY' >/dev/null 2>&1
+    venv/bin/python - "$IRC_VERSION" "$PYDLE_VERSION" "$PYYAML_VERSION" "$K8S_VALIDATE_VERSION" <<'PY' >/dev/null 2>&1
 import sys
 from importlib.metadata import version
-sys.exit(0 if (version("irc"), version("pydle")) == (sys.argv[1], sys.argv[2]) else 1)
+have = tuple(version(p) for p in ("irc", "pydle", "PyYAML", "kubernetes-validate"))
+sys.exit(0 if have == tuple(sys.argv[1:5]) else 1)
 PY
 }
 # A venv without pip (e.g. made while python3-venv was missing) can't be repaired: remake it.
@@ -53,8 +63,10 @@ if [ ! -x venv/bin/python ]; then
     "$PYTHON" -m venv venv
 fi
 if ! want_ok; then
-    log "installing irc==$IRC_VERSION pydle==$PYDLE_VERSION into ./venv"
-    venv/bin/pip install -q --disable-pip-version-check "irc==$IRC_VERSION" "pydle==$PYDLE_VERSION"
+    log "installing irc==$IRC_VERSION pydle==$PYDLE_VERSION PyYAML==$PYYAML_VERSION kubernetes-validate==$K8S_VALIDATE_VERSION into ./venv"
+    venv/bin/pip install -q --disable-pip-version-check "irc==$IRC_VERSION" \
+        "pydle==$PYDLE_VERSION" "PyYAML==$PYYAML_VERSION" \
+        "kubernetes-validate==$K8S_VALIDATE_VERSION"
     want_ok || { log "venv check failed after pip install"; exit 1; }
 fi
-log "ok (ngircd, inspircd, socat, venv with irc $IRC_VERSION + pydle $PYDLE_VERSION)"
+log "ok (ngircd, inspircd, socat, prometheus, systemd-analyze, venv with irc $IRC_VERSION + pydle $PYDLE_VERSION + PyYAML $PYYAML_VERSION + kubernetes-validate $K8S_VALIDATE_VERSION)"

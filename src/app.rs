@@ -73,6 +73,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut listeners = Vec::new();
     for l in &config.listener {
         let protocol = crate::protocol::lookup(&l.protocol, l).context("protocol validated")?;
+        // Zero series from the start, so rate() and alerts see the first event.
+        registry.metrics.preregister(&[(&l.name, protocol.name())]);
         let tls = match &l.tls {
             Some(files) => Some(TlsAcceptor::from(
                 crate::net::tls::server_config(files).map_err(anyhow::Error::msg)?,
@@ -131,15 +133,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// `handover serve`: runs until SIGTERM (graceful, 10 s grace) or SIGINT (at once).
+/// `handover serve`: runs until SIGTERM (graceful, 10 s grace) or SIGINT (at once). Under
+/// systemd (`Type=notify`) it reports readiness once everything is bound.
 pub async fn serve_forever(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let running = start(config).await?;
+    // Everything is bound: clients can connect and the admin API answers.
+    crate::notify::ready(&format!(
+        "serving {} listener(s), admin on {}",
+        running.listeners.len(),
+        running.admin
+    ));
     tokio::select! {
         _ = term.recv() => {
             info!("SIGTERM: closing sessions and exiting");
+            crate::notify::stopping("closing sessions");
             running.shutdown(Duration::from_secs(10)).await;
         }
         _ = int.recv() => {

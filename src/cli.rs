@@ -5,15 +5,119 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::admin::client::{status_table, AdminClient, DrainReply, DEFAULT_ADMIN_URL};
 use crate::config::{self, Config, ConfigError};
 use crate::telemetry::LogFormat;
 
+/// `handover --help`: what the program is, the commands, and where everything else lives.
+const LONG_ABOUT: &str = "\
+A front proxy for long-lived TCP and TLS sessions (IRC, raw byte streams) that moves live \
+sessions between backends without the client noticing.
+
+Clients connect to handover; handover connects each one to a backend of the listener's pool. \
+When an operator drains a backend, when a backend dies, or when a backend asks its clients to \
+move, handover registers the session on another backend and swaps the link under the client \
+socket: no reconnect, no second welcome, no lost or duplicated message.
+
+`serve` runs the proxy. `check` validates a config file. `status`, `drain`, `undrain` and \
+`migrate` talk to a running proxy's admin HTTP API. `completions` and `man` print shell \
+completions and manual pages.";
+
+const AFTER_LONG_HELP: &str = "\
+Environment:
+  HANDOVER_ADMIN_TOKEN  bearer token for the admin API (status, drain, undrain, migrate)
+  RUST_LOG              log filter for serve, like `info` (the default) or `handover=debug`
+  NOTIFY_SOCKET         set by systemd for Type=notify; serve sends READY=1 when bound
+
+Exit status:
+  0 success; 1 failure, explained in one sentence on stderr; 2 a usage error.
+
+Files and docs:
+  examples/handover.toml  every config key, with comments
+  docs/OPERATIONS.md      install, run, drain, upgrade backends, metrics, sizing, logs";
+
+const SERVE_ABOUT: &str = "\
+Run the proxy until SIGTERM or SIGINT.
+
+With --config, everything comes from the TOML file (listeners, backends, TLS, PROXY protocol, \
+WEBIRC, migration pacing, health checks, the admin API). With --protocol, --listen and \
+--backend, one listener is built from flags and the admin API listens on --admin \
+(127.0.0.1:9797 by default).
+
+Logs go to stderr (text, or one JSON object per line with --log-format json); every \
+migration, abort, failover and refused connection has one line carrying the session's \
+`session.id`. Under systemd (Type=notify) READY=1 is sent once every listener and the admin \
+API are bound.
+
+SIGTERM stops accepting, closes every session after flushing what is queued, and exits within \
+10 seconds. SIGINT exits at once. Drain backends, not the proxy: a stopped proxy disconnects \
+its clients.";
+
+const CHECK_ABOUT: &str = "\
+Validate a config file and print what it would run.
+
+Prints the config resolved with every default filled in, as TOML with secrets masked, then \
+`# config OK`, and exits 0. An invalid config (unknown key, bad address, unreadable \
+certificate, unknown backend in a pool...) is one sentence on stderr naming the file, the key \
+and the problem, with exit 1. Nothing is bound or started.";
+
+const STATUS_ABOUT: &str = "\
+Show backends and sessions as tables, from a running proxy's admin API.
+
+Backends: name, address, state (active, draining, drained, down) and session count. \
+Sessions: id, listener, protocol, client address, backend, identity (the IRC nick), age and \
+how many times it has been moved.";
+
+const DRAIN_ABOUT: &str = "\
+Drain a backend: move every session on it to the other backends of its pools.
+
+The backend stops taking new sessions at once; its sessions are migrated live, at most \
+[migration] max_concurrent at a time and max_per_second new backend connections per second. \
+Without --wait this returns as soon as the drain has started. With --wait it returns when the \
+backend is empty (`drained`), printing how many sessions moved and how many could not; it \
+exits 1 if any could not be moved or the drain was stopped. A drained backend stays out of \
+rotation until `handover undrain`.
+
+This is the command to run before stopping or upgrading a backend, for example from a \
+Kubernetes preStop hook: handover drain irc-0 --wait --admin http://handover-admin:9797";
+
+const UNDRAIN_ABOUT: &str = "\
+Stop a drain; the backend takes new sessions again.
+
+Sessions already moved stay where they are: handover never moves a session back on its own.";
+
+const MIGRATE_ABOUT: &str = "\
+Move one session to another backend.
+
+The session id is the one `handover status` shows (and `session.id` in the logs). Without \
+--to the least-loaded healthy backend of the session's pool is chosen. Prints the move and \
+exits 0 when it succeeded; a migration that aborted (the session stays where it was, \
+unharmed) or failed is one sentence on stderr with exit 1.";
+
+const COMPLETIONS_ABOUT: &str = "\
+Print a shell completion script to stdout.
+
+  bash: handover completions bash > /etc/bash_completion.d/handover
+  zsh:  handover completions zsh > \"${fpath[1]}/_handover\"
+  fish: handover completions fish > ~/.config/fish/completions/handover.fish";
+
+const MAN_ABOUT: &str = "\
+Print the manual page (roff) to stdout, or write one page per command into --dir.
+
+  handover man | man -l -
+  handover man --dir /usr/local/share/man/man1";
+
 /// A front proxy for long-lived TCP/TLS sessions that moves live sessions between backends.
 #[derive(Debug, Parser)]
-#[command(name = "handover", version, propagate_version = true)]
+#[command(
+    name = "handover",
+    version,
+    propagate_version = true,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP
+)]
 pub struct Cli {
     /// How log lines are written to stderr (the filter comes from RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -25,19 +129,47 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy, from a config file or from flags.
-    #[command(override_usage = "handover serve --config <FILE>\n       \
-        handover serve --protocol <NAME> --listen <ADDR> --backend <NAME=ADDR>... [--admin <ADDR>]")]
+    #[command(
+        long_about = SERVE_ABOUT,
+        override_usage = "handover serve --config <FILE>\n       \
+        handover serve --protocol <NAME> --listen <ADDR> --backend <NAME=ADDR>... [--admin <ADDR>]"
+    )]
     Serve(ServeArgs),
     /// Validate a config file and print what it would run; exit 0 when it is valid.
+    #[command(long_about = CHECK_ABOUT)]
     Check(CheckArgs),
     /// Show backends and sessions as a table.
+    #[command(long_about = STATUS_ABOUT)]
     Status(AdminArgs),
     /// Drain a backend: move its sessions to the others in its pools.
+    #[command(long_about = DRAIN_ABOUT)]
     Drain(DrainArgs),
     /// Stop a drain; the backend takes sessions again.
+    #[command(long_about = UNDRAIN_ABOUT)]
     Undrain(UndrainArgs),
     /// Move one session to another backend.
+    #[command(long_about = MIGRATE_ABOUT)]
     Migrate(MigrateArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(long_about = COMPLETIONS_ABOUT)]
+    Completions(CompletionsArgs),
+    /// Print the manual page.
+    #[command(long_about = MAN_ABOUT)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write handover.1 and one handover-COMMAND.1 per command into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `--config FILE`, or `--protocol --listen --backend... [--admin]` for a one-listener proxy.
@@ -141,6 +273,30 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Drain(args) => drain(&args).await,
         Command::Undrain(args) => undrain(&args).await,
         Command::Migrate(args) => migrate(&args).await,
+        Command::Completions(args) => {
+            // Rendered into memory first: clap_complete panics when its writer fails (a
+            // closed pipe); here that is one sentence and exit 1 like any other error.
+            let mut out = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "handover", &mut out);
+            std::io::Write::write_all(&mut std::io::stdout(), &out)
+                .context("cannot write the completion script to stdout")
+        }
+        Command::Man(args) => man(args.dir.as_deref()),
+    }
+}
+
+/// `handover man`: the top page to stdout, or every page into `dir`.
+fn man(dir: Option<&Path>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => clap_mangen::generate_to(cmd, dir)
+            .with_context(|| format!("cannot write manual pages into {}", dir.display())),
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &out)
+                .context("cannot write the manual page to stdout")
+        }
     }
 }
 
@@ -278,7 +434,6 @@ async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use clap::error::ErrorKind;
-    use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("handover").chain(args.iter().copied()))

@@ -13,6 +13,7 @@
 //! - [`drain`] and [`health`]: the drain controller and health checks.
 //! - [`admin`] and [`control`]: the admin HTTP API and the engine behind it.
 //! - [`metrics`]: every metric name and the Prometheus text encoding.
+//! - [`notify`]: systemd readiness (`READY=1` to `$NOTIFY_SOCKET`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod protocol;
 pub mod registry;
 pub mod session;

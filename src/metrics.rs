@@ -70,6 +70,13 @@ impl Histograms {
         h.count += 1;
     }
 
+    /// Makes the series exist (all zero) before its first observation.
+    fn touch(&self, labels: &[&str]) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(labels.iter().map(|s| s.to_string()).collect())
+            .or_default();
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str, names: &[&str]) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,6 +127,13 @@ pub enum MigrationReason {
 }
 
 impl MigrationReason {
+    pub const ALL: [MigrationReason; 4] = [
+        MigrationReason::Drain,
+        MigrationReason::Admin,
+        MigrationReason::Failover,
+        MigrationReason::Backend,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             MigrationReason::Drain => "drain",
@@ -140,6 +154,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Ok, Outcome::Aborted, Outcome::Failed];
+
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -172,7 +188,52 @@ pub struct Gauges {
 
 pub const BACKEND_STATES: [&str; 4] = ["active", "draining", "drained", "down"];
 
+/// The `reason` labels of `handover_connections_refused_total` (see `listener.rs`).
+pub const REFUSED_REASONS: [&str; 4] =
+    ["max_sessions", "no_backend", "tls_handshake", "tls_timeout"];
+
+/// The `reason` labels of `handover_sessions_closed_total` (`session::CloseReason::label`).
+pub const CLOSE_REASONS: [&str; 7] = [
+    "client",
+    "backend",
+    "backend_lost",
+    "protocol_error",
+    "shutdown",
+    "admin",
+    "io_error",
+];
+
 impl Metrics {
+    /// Creates, at zero, the counter and histogram series that the configured listeners can
+    /// produce, so they are scraped from the start: Prometheus' `rate()` and `increase()`
+    /// see no increase when a series first appears already at 1, so without this the first
+    /// failed migration after a start would never fire an alert, and a dashboard would show
+    /// no first drain. `listeners` is (listener name, protocol name).
+    pub fn preregister(&self, listeners: &[(&str, &str)]) {
+        for (listener, protocol) in listeners {
+            self.accepted.add(&[listener], 0);
+            for reason in CLOSE_REASONS {
+                self.closed.add(&[listener, reason], 0);
+            }
+            for reason in REFUSED_REASONS {
+                self.refused.add(&[listener, reason], 0);
+            }
+            for reason in MigrationReason::ALL {
+                for outcome in Outcome::ALL {
+                    self.migration_n(protocol, reason, outcome, 0);
+                }
+            }
+            self.migration_duration.touch(&[protocol]);
+            self.client_pause.touch(&[protocol]);
+            self.replayed.add(&[protocol], 0);
+        }
+    }
+
+    fn migration_n(&self, protocol: &str, reason: MigrationReason, outcome: Outcome, n: u64) {
+        self.migrations
+            .add(&[protocol, reason.label(), outcome.label()], n);
+    }
+
     pub fn session_accepted(&self, listener: &str) {
         self.accepted.add(&[listener], 1);
     }
@@ -187,8 +248,7 @@ impl Metrics {
     }
 
     pub fn migration(&self, protocol: &str, reason: MigrationReason, outcome: Outcome) {
-        self.migrations
-            .add(&[protocol, reason.label(), outcome.label()], 1);
+        self.migration_n(protocol, reason, outcome, 1);
     }
 
     pub fn migration_timing(
@@ -317,6 +377,32 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preregistered_series_exist_at_zero() {
+        let m = Metrics::default();
+        m.preregister(&[("irc", "irc"), ("game", "raw")]);
+        m.migration("raw", MigrationReason::Drain, Outcome::Ok);
+        let text = m.render(&Gauges {
+            sessions: vec![],
+            backends: vec![],
+        });
+        for needle in [
+            "handover_sessions_accepted_total{listener=\"irc\"} 0",
+            "handover_sessions_closed_total{listener=\"game\",reason=\"backend_lost\"} 0",
+            "handover_connections_refused_total{listener=\"game\",reason=\"no_backend\"} 0",
+            "handover_migrations_total{protocol=\"irc\",reason=\"failover\",outcome=\"failed\"} 0",
+            "handover_migrations_total{protocol=\"raw\",reason=\"drain\",outcome=\"ok\"} 1",
+            "handover_migration_duration_seconds_bucket{protocol=\"irc\",le=\"+Inf\"} 0",
+            "handover_migration_duration_seconds_count{protocol=\"raw\"} 0",
+            "handover_client_pause_seconds_sum{protocol=\"irc\"} 0",
+            "handover_replayed_bytes_total{protocol=\"raw\"} 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
+        let series = |name: &str| text.lines().filter(|l| l.starts_with(name)).count();
+        assert_eq!(series("handover_migrations_total{"), 2 * 4 * 3);
+    }
 
     #[test]
     fn renders_contract_names() {

@@ -184,7 +184,15 @@ fn client_commands_fail_cleanly_without_a_server() {
 #[test]
 fn help_works_everywhere() {
     for sub in [
-        "", "serve", "check", "status", "drain", "undrain", "migrate",
+        "",
+        "serve",
+        "check",
+        "status",
+        "drain",
+        "undrain",
+        "migrate",
+        "completions",
+        "man",
     ] {
         let args: Vec<&str> = [sub, "--help"]
             .into_iter()
@@ -197,6 +205,112 @@ fn help_works_everywhere() {
     let help = stdout(&handover(&["status", "--help"], Some("do-not-print-me")));
     assert!(help.contains("HANDOVER_ADMIN_TOKEN"), "{help}");
     assert!(!help.contains("do-not-print-me"), "{help}");
+}
+
+#[test]
+fn help_stands_on_its_own() {
+    let top = stdout(&handover(&["--help"], None));
+    for needle in [
+        "without the client noticing",
+        "HANDOVER_ADMIN_TOKEN",
+        "RUST_LOG",
+        "NOTIFY_SOCKET",
+        "Exit status",
+        "completions",
+    ] {
+        assert!(top.contains(needle), "--help lacks {needle:?}:\n{top}");
+    }
+    // Each command's --help explains it beyond its one-line summary.
+    for (sub, needle) in [
+        ("serve", "SIGTERM"),
+        ("check", "# config OK"),
+        ("status", "drained"),
+        ("drain", "preStop"),
+        ("undrain", "never moves a session back"),
+        ("migrate", "least-loaded"),
+        ("completions", "bash_completion"),
+        ("man", "man -l"),
+    ] {
+        let long = stdout(&handover(&[sub, "--help"], None));
+        let short = stdout(&handover(&[sub, "-h"], None));
+        assert!(
+            long.contains(needle),
+            "{sub} --help lacks {needle:?}:\n{long}"
+        );
+        assert!(
+            long.len() > short.len(),
+            "{sub}: --help is no longer than -h"
+        );
+    }
+}
+
+/// The bash script is real bash: it parses, and completing `handover dr<TAB>` and
+/// `handover completions <TAB>` offers what exists.
+#[test]
+fn completions_complete_in_bash() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = handover(&["completions", shell], None);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {out:?}");
+        assert!(stdout(&out).contains("undrain"), "{shell}");
+    }
+    assert_eq!(
+        handover(&["completions", "tcsh"], None).status.code(),
+        Some(2)
+    );
+
+    let dir = std::env::temp_dir().join(format!("handover-cli-{}-compl", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("handover.bash");
+    std::fs::write(&script, handover(&["completions", "bash"], None).stdout).unwrap();
+    let complete = |words: &str| {
+        let words: Vec<&str> = words.split(' ').collect();
+        let program = format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={}; _handover handover {} {}; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            words.join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        let out = Command::new("bash")
+            .args(["-c", &program])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        stdout(&out)
+    };
+    let offered = complete("handover dr");
+    assert_eq!(offered.trim(), "drain", "{offered}");
+    let offered = complete("handover completions ''");
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(offered.lines().any(|l| l == shell), "{offered}");
+    }
+    let offered = complete("handover drain --");
+    assert!(offered.lines().any(|l| l == "--wait"), "{offered}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn man_pages_render() {
+    let out = handover(&["man"], None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let page = stdout(&out);
+    assert!(page.starts_with(".ie"), "{}", &page[..page.len().min(200)]);
+    assert!(page.contains(".TH handover 1"), "{page}");
+    assert!(page.contains("HANDOVER_ADMIN_TOKEN"), "{page}");
+
+    let dir = std::env::temp_dir().join(format!("handover-cli-{}-man", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = handover(&["man", "--dir", dir.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    for sub in ["serve", "check", "status", "drain", "undrain", "migrate"] {
+        let page = std::fs::read_to_string(dir.join(format!("handover-{sub}.1"))).unwrap();
+        assert!(page.contains(&format!(".TH handover-{sub} 1")), "{page}");
+    }
+    let drain = std::fs::read_to_string(dir.join("handover-drain.1")).unwrap();
+    assert!(drain.contains("preStop"), "{drain}");
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

@@ -133,6 +133,15 @@ async fn drain_moves_a_streaming_client_byte_for_byte() {
     assert_eq!(joined.len(), sent.len(), "no byte lost or duplicated");
     assert!(joined == sent, "bytes arrive in order, byte for byte");
     assert_eq!(b.data_conns().len(), 1, "exactly one connection to b");
+    // handover_bytes_total counts the client's own bytes, once, across the move.
+    let counted = format!(
+        "handover_bytes_total{{direction=\"client_to_backend\"}} {}\n",
+        sent.len()
+    );
+    wait_for("every client byte counted", || {
+        engine.metrics_text().contains(&counted)
+    })
+    .await;
 
     let sessions = engine.sessions();
     assert_eq!(sessions.len(), 1);

@@ -96,6 +96,19 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// One of each, for the labels (`metrics::CLOSE_REASONS` must list every one).
+    pub fn examples() -> [CloseReason; 7] {
+        [
+            CloseReason::Client,
+            CloseReason::Backend,
+            CloseReason::BackendLost,
+            CloseReason::Protocol(String::new()),
+            CloseReason::Shutdown,
+            CloseReason::Admin,
+            CloseReason::Io(String::new()),
+        ]
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             CloseReason::Client => "client",
@@ -146,6 +159,8 @@ pub struct Session {
     retry_at: Option<Instant>,
     /// An operator's migrate request that a failover in progress will answer.
     pending_reply: Option<oneshot::Sender<MigrationResult>>,
+    /// The client link's (read, written) totals already added to `handover_bytes_total`.
+    counted_bytes: (u64, u64),
 }
 
 /// Runs a session on an established backend link until it ends.
@@ -199,6 +214,7 @@ pub async fn run(
         lost_since: None,
         retry_at: None,
         pending_reply: None,
+        counted_bytes: (0, 0),
         ctx,
     };
     let span = tracing::info_span!("session", session.id = id, listener = %session.ctx.listener, client.addr = %client_addr);
@@ -214,7 +230,9 @@ impl Session {
 
     async fn main_loop(&mut self) -> CloseReason {
         loop {
-            if let Some(reason) = self.step().await {
+            let closed = self.step().await;
+            self.count_bytes();
+            if let Some(reason) = closed {
                 return reason;
             }
             if let Some(reason) = self.after_event() {
@@ -464,6 +482,18 @@ impl Session {
     }
 
     /// Checks done after every event: identity changes, cut-over readiness, failover retries.
+    /// Adds what the client sent and received since the last call to
+    /// `handover_bytes_total`: measured on the client link, so it is the client's own
+    /// traffic, not handover's registration and replay on new backends.
+    fn count_bytes(&mut self) {
+        let now = (self.client.read_total, self.client.written_total);
+        let (c2b, b2c) = (now.0 - self.counted_bytes.0, now.1 - self.counted_bytes.1);
+        if c2b > 0 || b2c > 0 {
+            self.ctx.registry.metrics.bytes(c2b, b2c);
+            self.counted_bytes = now;
+        }
+    }
+
     fn after_event(&mut self) -> Option<CloseReason> {
         self.finish_settling(false);
         if self
@@ -532,5 +562,16 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CloseReason;
+
+    #[test]
+    fn every_close_reason_is_preregistered() {
+        let labels: Vec<&str> = CloseReason::examples().iter().map(|r| r.label()).collect();
+        assert_eq!(labels, crate::metrics::CLOSE_REASONS);
     }
 }

@@ -4,4 +4,5 @@
 pub mod fake;
 pub mod irc_chat;
 pub mod ircd;
+pub mod prometheus;
 pub mod proxy;
