@@ -249,15 +249,43 @@ fn check_nothing_shown(rc: &ChatResult) -> Result<()> {
     Ok(())
 }
 
+/// A self-signed certificate for handover's TLS listener, as listener config.
+fn tls_listener(dir: &std::path::Path) -> Result<String> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem())?;
+    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem())?;
+    Ok(format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    ))
+}
+
 fn drain_scenario(kind: IrcdKind) -> Result<()> {
+    drain_scenario_with(kind, false)
+}
+
+fn drain_scenario_with(kind: IrcdKind, tls: bool) -> Result<()> {
     let net = IrcNetwork::start(kind)?;
-    let proxied = Proxied::start(&net, "", "", "")?;
+    let listener = if tls {
+        tls_listener(&net.dir)?
+    } else {
+        String::new()
+    };
+    let proxied = Proxied::start(&net, &listener, "", "")?;
     let p = pair(
         &net,
         &proxied,
         360,
         60.0,
-        |c| c.away("gone fishing").umode("+i"),
+        |c| {
+            let c = c.away("gone fishing").umode("+i");
+            if tls {
+                c.arg("--tls")
+            } else {
+                c
+            }
+        },
         |d| d,
     )?;
     p.go()?;
@@ -303,6 +331,14 @@ fn drain_scenario(kind: IrcdKind) -> Result<()> {
         rd.count("301"),
         rd.describe()
     );
+    // The overlap really happened on the network: D saw C's temporary nick take the real
+    // one back (one NICK line), while C saw no NICK at all (check_nothing_shown).
+    ensure!(
+        rd.count("NICK") == 1,
+        "D saw {} NICK lines\n{}",
+        rd.count("NICK"),
+        rd.describe()
+    );
     // C is still in all three channels on B: channels are +n (no outside messages) on both
     // servers, and D got C's messages sent after the drain in each of them (checked above).
     Ok(())
@@ -316,6 +352,12 @@ fn ngircd_drain_is_invisible_and_exactly_once() -> Result<()> {
 #[test]
 fn inspircd_drain_is_invisible_and_exactly_once() -> Result<()> {
     drain_scenario(IrcdKind::Inspircd)
+}
+
+/// The same with the client speaking TLS to handover (the backends stay plain).
+#[test]
+fn ngircd_drain_of_a_tls_client_is_invisible() -> Result<()> {
+    drain_scenario_with(IrcdKind::Ngircd, true)
 }
 
 /// Strictly increasing: no duplicate, nothing out of order (gaps allowed).

@@ -286,3 +286,107 @@ fn inspircd_sees_the_client_address_through_proxy_v2() -> Result<()> {
     };
     runtime()?.block_on(identity_scenario(&net, a, b, "proxy_protocol = \"v2\""))
 }
+
+/// CAP negotiation is replayed: a client that negotiated `multi-prefix` keeps it on the new
+/// server. It shows in NAMES: a peer with op and voice is listed `@+nick` only with the cap.
+/// PING/PONG between client and server still works after the move.
+#[test]
+fn negotiated_caps_are_kept_across_a_move() -> Result<()> {
+    let net = IrcNetwork::start(IrcdKind::Ngircd)?;
+    runtime()?.block_on(async {
+        let text = proxy::config(
+            "irc",
+            &[
+                ("a", net.a.client_addr().to_string()),
+                ("b", net.b.client_addr().to_string()),
+            ],
+            "",
+            "[health]\ninterval_ms = 60000\n",
+        );
+        let running = proxy::start(&text).await;
+        let engine = running.engine.clone();
+        // D, straight on B, opens #caps (op) and voices itself.
+        let mut d = Raw::connect(net.b.client_addr(), None, "capd").await?;
+        d.send("JOIN #caps\r\n").await?;
+        d.until(
+            |l| l.split(' ').nth(1) == Some("366"),
+            Duration::from_secs(10),
+        )
+        .await?;
+        d.send("MODE #caps +v capd\r\n").await?;
+        d.until(|l| l.contains("MODE #caps +v"), Duration::from_secs(10))
+            .await?;
+
+        engine.drain("b").unwrap();
+        let stream = TcpStream::connect(running.listener("main")).await?;
+        let (r, w) = stream.into_split();
+        let mut c = Raw {
+            lines: BufReader::new(r).lines(),
+            w,
+            nick: "capc".into(),
+            history: Vec::new(),
+        };
+        c.send("CAP LS 302\r\nNICK capc\r\nUSER capc 0 * :caps\r\n")
+            .await?;
+        c.until(
+            |l| l.contains(" CAP ") && l.contains(" LS "),
+            Duration::from_secs(10),
+        )
+        .await?;
+        c.send("CAP REQ :multi-prefix\r\n").await?;
+        c.until(
+            |l| l.contains(" CAP ") && l.contains(" ACK "),
+            Duration::from_secs(10),
+        )
+        .await?;
+        c.send("CAP END\r\n").await?;
+        c.until(
+            |l| l.split(' ').nth(1) == Some("001"),
+            Duration::from_secs(10),
+        )
+        .await?;
+        c.send("JOIN #caps\r\n").await?;
+        let names = |lines: Vec<String>| {
+            lines
+                .into_iter()
+                .find(|l| l.split(' ').nth(1) == Some("353"))
+        };
+        let before = names(
+            c.until(
+                |l| l.split(' ').nth(1) == Some("366"),
+                Duration::from_secs(10),
+            )
+            .await?,
+        );
+        ensure!(
+            before.as_deref().is_some_and(|l| l.contains("@+capd")),
+            "multi-prefix before the move: {before:?}"
+        );
+
+        engine.undrain("b").unwrap();
+        let done = engine.drain_wait("a").await.map_err(anyhow::Error::msg)?;
+        ensure!(done.migrated == 1, "{done:?}");
+        c.send("PING :after-move\r\n").await?;
+        let pong = c
+            .until(|l| l.ends_with("after-move"), Duration::from_secs(10))
+            .await?;
+        ensure!(
+            pong.last().unwrap().starts_with(":b.irc.test PONG"),
+            "{pong:?}"
+        );
+        c.send("NAMES #caps\r\n").await?;
+        let after = names(
+            c.until(
+                |l| l.split(' ').nth(1) == Some("366"),
+                Duration::from_secs(10),
+            )
+            .await?,
+        );
+        ensure!(
+            after.as_deref().is_some_and(|l| l.contains("@+capd")),
+            "multi-prefix after the move: {after:?}"
+        );
+        running.shutdown(Duration::from_secs(2)).await;
+        Ok(())
+    })
+}

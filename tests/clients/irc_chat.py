@@ -57,7 +57,10 @@ import sys
 import time
 import traceback
 
+import ssl
+
 import irc.client
+import irc.connection
 import jaraco.stream.buffer
 
 START = time.monotonic()
@@ -311,8 +314,16 @@ class Chat:
         for ev in ("pubmsg", "privmsg", "pubnotice", "privnotice", "action"):
             reactor.add_global_handler(ev, self.on_message)
         reactor.add_global_handler("disconnect", self.on_disconnect)
+        factory = irc.connection.Factory()
+        if a.tls:
+            # Test certificates are self-signed: encrypt, but do not verify.
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            factory = irc.connection.Factory(wrapper=lambda sock: ctx.wrap_socket(sock, server_hostname=a.host))
         self.conn = reactor.server().connect(
-            a.host, a.port, a.nick, password=a.password, username=a.username or a.nick, ircname=a.realname
+            a.host, a.port, a.nick, password=a.password, username=a.username or a.nick, ircname=a.realname,
+            connect_factory=factory,
         )
         self.r["timing"]["connected"] = now()
 
@@ -398,6 +409,7 @@ def main():
     p.add_argument("--username", help="USER name (default: the nick)")
     p.add_argument("--realname", default="handover irc_chat.py")
     p.add_argument("--password", help="connection password (PASS)")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (certificate not verified)")
     p.add_argument("--channels", default="", help="'#a,#b key,#c'")
     p.add_argument("--peer", help="nick of the other client")
     p.add_argument("--count", type=int, default=0, help="messages to send")
