@@ -329,9 +329,18 @@ def bench_throughput(cfg, work, R):
 # 2: latency
 
 
+def pin(pid, cpus):
+    """Pins every thread of the process tree to `cpus` (taskset -a)."""
+    for p in tree(pid):
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(p)], capture_output=True)
+
+
+LAT_VARIANTS = {"unpinned": None, "one-cpu": "1"}
+
+
 def bench_latency(cfg, work, R):
     eport = free_port()
-    Proc("echo-server", [BENCH, "echo-server", "--listen", f"127.0.0.1:{eport}"], work)
+    echo = Proc("echo-server", [BENCH, "echo-server", "--listen", f"127.0.0.1:{eport}"], work)
     wait_port(eport)
     proxies = {k: start_proxy(k, [("echo", "raw", eport)], work, "-lat")
                for k in ("handover", "haproxy", "nginx", "socat")}
@@ -339,28 +348,38 @@ def bench_latency(cfg, work, R):
     ports = {"direct": eport, "handover (raw)": proxies["handover"].ports["echo"],
              "handover (irc)": hirc.ports["echo"], "haproxy": proxies["haproxy"].ports["echo"],
              "nginx": proxies["nginx"].ports["echo"], "socat": proxies["socat"].ports["echo"]}
-    res = {t: [] for t in ports}
-    for rnd in range(cfg["rounds"]):
-        for t, port in ports.items():
-            samples = os.path.join(R, f"latency-{slug(t)}.samples") if rnd == cfg["rounds"] - 1 else None
-            cmd = [BENCH, "latency", "--connect", f"127.0.0.1:{port}", "--count", str(cfg["count"]),
-                   "--warmup", str(cfg["warmup"]), "--size", "100"]
-            if samples:
-                cmd += ["--samples", samples]
-            r = run_json(cmd, timeout=600)
-            res[t].append(r)
-            log(f"latency round {rnd + 1} {t}: p50 {r['p50_us']:.1f} us, p99 {r['p99_us']:.1f} us")
+    pids = [echo.pid, hirc.pid] + [p.pid for p in proxies.values()]
+    out = {}
+    for variant, cpus in LAT_VARIANTS.items():
+        # unpinned: wherever the scheduler puts things (cross-CPU wake-ups included);
+        # one-cpu: client, echo server and proxy share CPU 1, so what is added is the
+        # proxy's own work per message, without the VM's cross-CPU wake-up cost.
+        for pid in pids:
+            pin(pid, cpus or "0-%d" % (os.cpu_count() - 1))
+        res = {t: [] for t in ports}
+        for rnd in range(cfg["rounds"]):
+            for t, port in ports.items():
+                last = rnd == cfg["rounds"] - 1
+                samples = os.path.join(R, f"latency-{variant}-{slug(t)}.samples") if last else None
+                cmd = ([] if cpus is None else ["taskset", "-c", cpus]) + [
+                    BENCH, "latency", "--connect", f"127.0.0.1:{port}", "--count", str(cfg["count"]),
+                    "--warmup", str(cfg["warmup"]), "--size", "100"]
+                if samples:
+                    cmd += ["--samples", samples]
+                r = run_json(cmd, timeout=600)
+                res[t].append(r)
+                log(f"latency {variant} round {rnd + 1} {t}: p50 {r['p50_us']:.1f} us, p99 {r['p99_us']:.1f} us")
+        out[variant] = {}
+        for t, runs in res.items():
+            added50 = [r["p50_us"] - d["p50_us"] for r, d in zip(runs, res["direct"])]
+            added99 = [r["p99_us"] - d["p99_us"] for r, d in zip(runs, res["direct"])]
+            out[variant][t] = {"p50_us": median([r["p50_us"] for r in runs]),
+                               "p99_us": median([r["p99_us"] for r in runs]),
+                               "p999_us": median([r["p999_us"] for r in runs]),
+                               "added_p50_us": median(added50), "added_p99_us": median(added99),
+                               "runs_p50_us": [r["p50_us"] for r in runs]}
     for p in list(proxies.values()) + [hirc]:
         p.stop()
-    out = {}
-    for t, runs in res.items():
-        added50 = [r["p50_us"] - d["p50_us"] for r, d in zip(runs, res["direct"])]
-        added99 = [r["p99_us"] - d["p99_us"] for r, d in zip(runs, res["direct"])]
-        out[t] = {"p50_us": median([r["p50_us"] for r in runs]),
-                  "p99_us": median([r["p99_us"] for r in runs]),
-                  "p999_us": median([r["p999_us"] for r in runs]),
-                  "added_p50_us": median(added50), "added_p99_us": median(added99),
-                  "runs_p50_us": [r["p50_us"] for r in runs]}
     return out
 
 
@@ -649,15 +668,18 @@ def report(res, R, cfg):
                           f"{fmt(v['cpu_s_per_gb'], 3)} | {ratio(v['cpu_s_per_gb'], by['haproxy']['cpu_s_per_gb']) if v['cpu_s_per_gb'] else '–'} | "
                           f"{', '.join(str(x) for x in v['runs_gbps'])} |")
     if "latency" in res:
-        L = res["latency"]
-        md.append(f"\n### Latency, 100-byte line request/echo, one connection ({cfg['count']} round trips after {cfg['warmup']} warm-up, median of {cfg['rounds']} rounds)\n")
-        md.append("| path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p50 vs haproxy | added p99 vs haproxy |")
-        md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for t, v in L.items():
-            md.append(f"| {t} | {fmt(v['p50_us'], 1)} | {fmt(v['p99_us'], 1)} | {fmt(v['p999_us'], 1)} | "
-                      f"{fmt(v['added_p50_us'], 1) if t != 'direct' else '–'} | {fmt(v['added_p99_us'], 1) if t != 'direct' else '–'} | "
-                      f"{ratio(v['added_p50_us'], L['haproxy']['added_p50_us']) if t != 'direct' else '–'} | "
-                      f"{ratio(v['added_p99_us'], L['haproxy']['added_p99_us']) if t != 'direct' else '–'} |")
+        for variant, L in res["latency"].items():
+            where = {"unpinned": "unpinned (the scheduler places client, server and proxy)",
+                     "one-cpu": "client, echo server and proxy pinned to one CPU"}.get(variant, variant)
+            md.append(f"\n### Latency, 100-byte line request/echo, one connection, {where} ({cfg['count']} round trips after {cfg['warmup']} warm-up, median of {cfg['rounds']} rounds)\n")
+            md.append("| path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p50 vs haproxy | added p99 vs haproxy |")
+            md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+            for t, v in L.items():
+                d = t == "direct"
+                md.append(f"| {t} | {fmt(v['p50_us'], 1)} | {fmt(v['p99_us'], 1)} | {fmt(v['p999_us'], 1)} | "
+                          f"{'–' if d else fmt(v['added_p50_us'], 1)} | {'–' if d else fmt(v['added_p99_us'], 1)} | "
+                          f"{'–' if d else ratio(v['added_p50_us'], L['haproxy']['added_p50_us'])} | "
+                          f"{'–' if d else ratio(v['added_p99_us'], L['haproxy']['added_p99_us'])} |")
     if "memory" in res:
         M = res["memory"]
         md.append("\n### Memory per idle session (RSS of the whole process tree, from /proc)\n")
@@ -709,21 +731,23 @@ def plots(res, R):
            "set ylabel 'Gbit/s'\nset style data histograms\nset style histogram clustered gap 1\nset yrange [0:*]\n"
            "plot " + ", ".join(series) + "\n")
     if "latency" in res:
-        lines = []
-        for t in res["latency"]:
-            sp = f"{R}/latency-{slug(t)}.samples"
-            if not os.path.exists(sp):
-                continue
-            xs = sorted(float(x) for x in open(sp))
-            with open(f"{R}/latency-{slug(t)}.cdf", "w") as f:
-                step = max(1, len(xs) // 2000)
-                for i in range(0, len(xs), step):
-                    f.write(f"{xs[i]:.3f} {(i + 1) / len(xs):.5f}\n")
-                f.write(f"{xs[-1]:.3f} 1.0\n")
-            lines.append(f"'latency-{slug(t)}.cdf' using 1:2 with lines lw 2 title '{t}'")
-        gp(R, "latency", common + "set output 'latency_cdf.png'\nset title 'Round trip of a 100-byte line (request/echo), CDF'\n"
-           "set xlabel 'round trip, µs (log scale)'\nset ylabel 'fraction of round trips'\nset logscale x\nset key bottom right\n"
-           "set yrange [0:1]\nplot " + ", ".join(lines) + "\n")
+        for variant in res["latency"]:
+            lines = []
+            for t in res["latency"][variant]:
+                sp = f"{R}/latency-{variant}-{slug(t)}.samples"
+                if not os.path.exists(sp):
+                    continue
+                xs = sorted(float(x) for x in open(sp))
+                with open(f"{R}/latency-{variant}-{slug(t)}.cdf", "w") as f:
+                    step = max(1, len(xs) // 2000)
+                    for i in range(0, len(xs), step):
+                        f.write(f"{xs[i]:.3f} {(i + 1) / len(xs):.5f}\n")
+                    f.write(f"{xs[-1]:.3f} 1.0\n")
+                lines.append(f"'latency-{variant}-{slug(t)}.cdf' using 1:2 with lines lw 2 title '{t}'")
+            gp(R, f"latency-{variant}", common + f"set output 'latency_cdf_{variant}.png'\n"
+               f"set title 'Round trip of a 100-byte line (request/echo), CDF, {variant}'\n"
+               "set xlabel 'round trip, µs (log scale)'\nset ylabel 'fraction of round trips'\nset logscale x\nset key bottom right\n"
+               "set yrange [0:1]\nplot " + ", ".join(lines) + "\n")
     if "memory" in res:
         groups = sorted({(v["count"], v["mode"]) for v in res["memory"].values()})
         with open(f"{R}/memory.dat", "w") as f:
