@@ -56,52 +56,72 @@ pub struct SessionHandle {
 }
 
 /// A session's command queue. Commands are rare (an operator's or a drain's migrate, a
-/// close), so a locked queue and a `Notify` do: about 100 bytes per session, where a tokio
-/// mpsc channel allocates some 700 up front. Unbounded, but every sender but `close` waits
-/// for a reply before it sends again.
+/// close), so a locked queue and one waker do: about 80 bytes per session, where a tokio mpsc
+/// channel allocates some 700 up front, and polling it registers nothing. Unbounded, but
+/// every sender except `close` waits for its reply before it sends again.
 struct Mailbox {
+    inner: std::sync::Mutex<MailboxInner>,
+}
+
+struct MailboxInner {
     /// `None` once the session has ended: sends fail, queued commands were dropped.
-    queue: std::sync::Mutex<Option<VecDeque<SessionCommand>>>,
-    notify: tokio::sync::Notify,
+    queue: Option<VecDeque<SessionCommand>>,
+    waker: Option<std::task::Waker>,
 }
 
 impl Mailbox {
     fn new() -> Self {
         Self {
-            queue: std::sync::Mutex::new(Some(VecDeque::new())),
-            notify: tokio::sync::Notify::new(),
+            inner: std::sync::Mutex::new(MailboxInner {
+                queue: Some(VecDeque::new()),
+                waker: None,
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<VecDeque<SessionCommand>>> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues a command; gives it back when the session has ended.
     fn send(&self, cmd: SessionCommand) -> Result<(), SessionCommand> {
-        match self.lock().as_mut() {
-            Some(queue) => queue.push_back(cmd),
-            None => return Err(cmd),
+        let waker = {
+            let mut inner = self.lock();
+            match inner.queue.as_mut() {
+                Some(queue) => queue.push_back(cmd),
+                None => return Err(cmd),
+            }
+            inner.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
         }
-        self.notify.notify_one();
         Ok(())
     }
 
-    /// The next command. Cancel-safe: the queue is the truth and is checked before every wait,
-    /// and a `notify_one` with nobody waiting is kept for the next wait.
+    /// The next command. Cancel-safe: a command leaves the queue only when this returns it.
     async fn recv(&self) -> SessionCommand {
-        loop {
-            if let Some(cmd) = self.lock().as_mut().and_then(VecDeque::pop_front) {
-                return cmd;
+        std::future::poll_fn(|cx| {
+            let mut inner = self.lock();
+            if let Some(cmd) = inner.queue.as_mut().and_then(VecDeque::pop_front) {
+                return std::task::Poll::Ready(cmd);
             }
-            self.notify.notified().await;
-        }
+            if !inner
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                inner.waker = Some(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// The session has ended: refuse new commands and drop queued ones (their reply senders
     /// with them, so whoever waits gets `None`).
     fn close(&self) {
-        let queued = self.lock().take();
+        let queued = self.lock().queue.take();
         drop(queued);
     }
 }
@@ -522,8 +542,8 @@ impl Session {
         {
             return Some(CloseReason::Client);
         }
-        let identity = self.adapter.identity();
-        if identity != self.identity {
+        if !self.adapter.identity_is(self.identity.as_deref()) {
+            let identity = self.adapter.identity();
             self.ctx.registry.set_identity(self.id, identity.clone());
             self.identity = identity;
         }

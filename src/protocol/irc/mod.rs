@@ -276,6 +276,10 @@ impl SessionAdapter for IrcSession {
         self.snap.nick.clone()
     }
 
+    fn identity_is(&self, current: Option<&str>) -> bool {
+        self.snap.nick.as_deref() == current
+    }
+
     /// Refuses while the previous migration is still settling on the current backend (a
     /// moment: the fixup barrier, the nick reclaim), so a drain retries later; and for good
     /// when the session can't be re-created at all.
