@@ -93,6 +93,9 @@ enum Cmd {
         /// Nick prefix (irc).
         #[arg(long, default_value = "b")]
         prefix: String,
+        /// At most this many new sessions a second (0: no limit).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
         /// Gives up and exits after this long whatever happens.
         #[arg(long, default_value_t = 600)]
         max_secs: u64,
@@ -129,8 +132,9 @@ fn main() -> anyhow::Result<()> {
                         mode,
                         concurrency,
                         prefix,
+                        rate,
                         max_secs,
-                    } => hold(connect, count, mode, concurrency, prefix, max_secs).await,
+                    } => hold(connect, count, mode, concurrency, prefix, rate, max_secs).await,
                     Cmd::Latency { .. } => unreachable!(),
                 }
             })
@@ -383,9 +387,11 @@ async fn hold(
     mode: Mode,
     concurrency: usize,
     prefix: String,
+    rate: f64,
     max_secs: u64,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
+    let start = tokio::time::Instant::now();
     let hard_end = tokio::time::sleep(Duration::from_secs(max_secs));
     let stats = Arc::new(HoldStats::default());
     let setup = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -396,6 +402,9 @@ async fn hold(
         let (stats, setup, cmd_rx) = (stats.clone(), setup.clone(), cmd_rx.clone());
         let nick = format!("{prefix}{i}");
         tasks.spawn(async move {
+            if rate > 0.0 {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+            }
             let permit = setup.acquire_owned().await.expect("never closed");
             match tokio::time::timeout(Duration::from_secs(60), open(addr, mode, &nick)).await {
                 Ok(Ok(conn)) => {
