@@ -711,7 +711,7 @@ def report(res, R, cfg):
                       f"{fmt(v['kib_per_session'])} | {fmt(v['marginal_kib_per_session'])} | {fmt(v['marginal_pss_kib_per_session'])} | "
                       f"{ratio(v['marginal_kib_per_session'], M[hk]['marginal_kib_per_session']) if hk in M else '–'} |")
     if "drain" in res:
-        md.append(f"\n### Drain: IRC sessions moved off ngircd a onto linked ngircd b (max_concurrent 10, max_per_second {cfg['drain_max_per_second']})\n")
+        md.append(f"\n### Drain: IRC sessions moved off ngircd a onto ngircd b, started linked (max_concurrent 10, max_per_second {cfg['drain_max_per_second']})\n")
         md.append("| sessions | migrated | failed | kept (PONG after) | closed | second welcomes | a–b network during the drain | drain s | direct registration on b s | drain ÷ direct | pause p50 ms | pause p99 ms | migration p50 ms | migration p99 ms |")
         md.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for n, v in res["drain"].items():
