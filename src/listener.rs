@@ -52,8 +52,7 @@ impl ListenerTask {
                         continue;
                     };
                     let task = this.clone();
-                    this.tracker
-                        .spawn(async move { task.serve(tcp, addr, permit).await });
+                    this.tracker.spawn(task.serve(tcp, addr, permit));
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
                     // Out of file descriptors: back off instead of spinning on accept.
@@ -74,12 +73,44 @@ impl ListenerTask {
         info!(listener = %self.config.name, client.addr = %addr, why, "connection refused");
     }
 
-    async fn serve(
+    /// The whole life of one client connection. The set-up (TLS handshake, backend connect)
+    /// runs in its own boxed future: a task's future is allocated once at its largest, and
+    /// for the session's whole life it should be only as large as the session itself. Not an
+    /// `async fn` for the same reason: those store by-value arguments twice.
+    #[allow(clippy::manual_async_fn)] // deliberate, see above
+    fn serve(
         self: Arc<Self>,
         tcp: TcpStream,
         addr: SocketAddr,
-        _permit: OwnedSemaphorePermit,
-    ) {
+        permit: OwnedSemaphorePermit,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        async move {
+            let _permit = permit;
+            let Some((client, backend, backend_config)) = Box::pin(self.set_up(tcp, addr)).await
+            else {
+                return;
+            };
+            let adapter = self.protocol.new_session(&self.config);
+            // Everything is moved into the call, so only the session's future is kept.
+            session::run(
+                self.ctx.clone(),
+                client,
+                addr,
+                backend,
+                &backend_config,
+                adapter,
+            )
+            .await;
+        }
+    }
+
+    /// TLS handshake and backend connect: the client stream, the backend stream and the
+    /// backend's config, or `None` when refused.
+    async fn set_up(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+    ) -> Option<(Stream, Stream, BackendConfig)> {
         let _ = tcp.set_nodelay(true);
         let client = match &self.tls {
             None => Stream::Plain(tcp),
@@ -88,25 +119,25 @@ impl ListenerTask {
                 match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => Stream::TlsServer(Box::new(tls)),
                     Ok(Err(e)) => {
-                        return self.refuse(
-                            addr,
-                            "tls_handshake",
-                            &format!("TLS handshake failed: {e}"),
-                        )
+                        self.refuse(addr, "tls_handshake", &format!("TLS handshake failed: {e}"));
+                        return None;
                     }
-                    Err(_) => return self.refuse(addr, "tls_timeout", "TLS handshake timed out"),
+                    Err(_) => {
+                        self.refuse(addr, "tls_timeout", "TLS handshake timed out");
+                        return None;
+                    }
                 }
             }
         };
         let Some((backend, config)) = self.connect_backend(addr).await else {
-            return self.refuse(
+            self.refuse(
                 addr,
                 "no_backend",
                 "no backend of the pool could take the session",
             );
+            return None;
         };
-        let adapter = self.protocol.new_session(&self.config);
-        session::run(self.ctx.clone(), client, addr, backend, &config, adapter).await;
+        Some((client, backend, config))
     }
 
     /// Tries the pool's backends, least-loaded first, each once.

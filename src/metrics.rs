@@ -22,6 +22,15 @@ struct Counters(Mutex<BTreeMap<Vec<String>, u64>>);
 impl Counters {
     fn add(&self, labels: &[&str], n: u64) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // A family has a handful of label sets: find it without allocating (counted on every
+        // accept and close); allocate the key only the first time.
+        if let Some((_, v)) = map
+            .iter_mut()
+            .find(|(k, _)| k.iter().map(String::as_str).eq(labels.iter().copied()))
+        {
+            *v += n;
+            return;
+        }
         let key: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
         *map.entry(key).or_insert(0) += n;
     }

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::{proxy_protocol, tls, Stream};
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, ProxyProtocol};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -51,13 +51,16 @@ async fn connect_inner(
         .await
         .map_err(|e| ConnectError::Io(addr.clone(), e))?;
     let _ = tcp.set_nodelay(true);
-    let local = tcp
-        .local_addr()
-        .map_err(|e| ConnectError::Io(addr.clone(), e))?;
-    if let Some(header) = proxy_protocol::header(backend.proxy_protocol, client, local) {
-        tcp.write_all(&header)
-            .await
+    // The local address is asked for only when a PROXY header needs it (a syscall a session).
+    if backend.proxy_protocol != ProxyProtocol::None {
+        let local = tcp
+            .local_addr()
             .map_err(|e| ConnectError::Io(addr.clone(), e))?;
+        if let Some(header) = proxy_protocol::header(backend.proxy_protocol, client, local) {
+            tcp.write_all(&header)
+                .await
+                .map_err(|e| ConnectError::Io(addr.clone(), e))?;
+        }
     }
     match tls::client_config(&backend.tls, addr).map_err(|e| ConnectError::Tls(addr.clone(), e))? {
         None => Ok(Stream::Plain(tcp)),

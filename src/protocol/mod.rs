@@ -112,6 +112,12 @@ pub trait SessionAdapter: Send + 'static {
         None
     }
 
+    /// Whether [`SessionAdapter::identity`] is `current`; asked after every event, so an
+    /// adapter with an identity answers without allocating.
+    fn identity_is(&self, current: Option<&str>) -> bool {
+        self.identity().as_deref() == current
+    }
+
     /// A clean refusal when this session cannot be moved now (counted, never attempted).
     fn can_migrate(&self) -> Result<(), String> {
         Ok(())

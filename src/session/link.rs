@@ -83,7 +83,7 @@ impl Link {
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
             self.rbuf = BytesMut::new();
         }
-        if self.out.is_empty() && self.out.capacity() > 4 {
+        if self.out.is_empty() && self.out.capacity() > 0 {
             self.out = VecDeque::new();
         }
     }

@@ -73,7 +73,7 @@ pub(super) enum MigrationEvent {
 }
 
 /// The migration's next event; pending forever when there is none.
-pub(super) async fn poll(m: &mut Option<Migration>) -> MigrationEvent {
+pub(super) async fn poll(m: &mut Option<Box<Migration>>) -> MigrationEvent {
     let Some(m) = m else {
         return std::future::pending().await;
     };
@@ -210,7 +210,7 @@ impl Session {
             })
         };
         let lost = self.backend.is_none();
-        self.migration = Some(Migration {
+        self.migration = Some(Box::new(Migration {
             reason,
             from: self.backend_name.clone(),
             target,
@@ -224,7 +224,7 @@ impl Session {
             held_b: VecDeque::new(),
             held_b_len: 0,
             _permit: None,
-        });
+        }));
     }
 
     pub(super) fn on_migration_event(&mut self, ev: MigrationEvent) -> Option<CloseReason> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Instrument};
@@ -52,7 +52,78 @@ pub struct MigrationResult {
 /// A cheap handle to a session task; dropping every handle does not end the session.
 #[derive(Clone)]
 pub struct SessionHandle {
-    tx: mpsc::Sender<SessionCommand>,
+    mailbox: Arc<Mailbox>,
+}
+
+/// A session's command queue. Commands are rare (an operator's or a drain's migrate, a
+/// close), so a locked queue and one waker do: about 80 bytes per session, where a tokio mpsc
+/// channel allocates some 700 up front, and polling it registers nothing. Unbounded, but
+/// every sender except `close` waits for its reply before it sends again.
+struct Mailbox {
+    inner: std::sync::Mutex<MailboxInner>,
+}
+
+struct MailboxInner {
+    /// `None` once the session has ended: sends fail, queued commands were dropped.
+    queue: Option<VecDeque<SessionCommand>>,
+    waker: Option<std::task::Waker>,
+}
+
+impl Mailbox {
+    fn new() -> Self {
+        Self {
+            inner: std::sync::Mutex::new(MailboxInner {
+                queue: Some(VecDeque::new()),
+                waker: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a command; gives it back when the session has ended.
+    fn send(&self, cmd: SessionCommand) -> Result<(), SessionCommand> {
+        let waker = {
+            let mut inner = self.lock();
+            match inner.queue.as_mut() {
+                Some(queue) => queue.push_back(cmd),
+                None => return Err(cmd),
+            }
+            inner.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// The next command. Cancel-safe: a command leaves the queue only when this returns it.
+    async fn recv(&self) -> SessionCommand {
+        std::future::poll_fn(|cx| {
+            let mut inner = self.lock();
+            if let Some(cmd) = inner.queue.as_mut().and_then(VecDeque::pop_front) {
+                return std::task::Poll::Ready(cmd);
+            }
+            if !inner
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                inner.waker = Some(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// The session has ended: refuse new commands and drop queued ones (their reply senders
+    /// with them, so whoever waits gets `None`).
+    fn close(&self) {
+        let queued = self.lock().queue.take();
+        drop(queued);
+    }
 }
 
 impl SessionHandle {
@@ -63,15 +134,14 @@ impl SessionHandle {
         reason: MigrationReason,
     ) -> Option<MigrationResult> {
         let (reply, rx) = oneshot::channel();
-        self.tx
+        self.mailbox
             .send(SessionCommand::Migrate { to, reason, reply })
-            .await
             .ok()?;
         rx.await.ok()
     }
 
     pub fn close(&self) {
-        let _ = self.tx.try_send(SessionCommand::Close);
+        let _ = self.mailbox.send(SessionCommand::Close);
     }
 }
 
@@ -142,10 +212,11 @@ pub struct Session {
     backend: Option<Link>,
     backend_name: String,
     adapter: Box<dyn SessionAdapter>,
-    cmds: mpsc::Receiver<SessionCommand>,
-    migration: Option<Migration>,
+    cmds: Arc<Mailbox>,
+    /// Boxed: most sessions never migrate, and an idle session should stay small.
+    migration: Option<Box<Migration>>,
     /// A migration past its cut whose new backend is still settling, and until when to wait.
-    settling: Option<(Migration, Instant)>,
+    settling: Option<(Box<Migration>, Instant)>,
     /// Client frames held while paused, in order (the in-flight queue).
     held: VecDeque<Held>,
     held_len: usize,
@@ -164,17 +235,22 @@ pub struct Session {
 }
 
 /// Runs a session on an established backend link until it ends.
-pub async fn run(
+///
+/// The session is built before the returned future, so it lives in that future once (the
+/// future is the session's whole per-task memory while it is idle).
+pub fn run(
     ctx: Arc<SessionCtx>,
     client: crate::net::Stream,
     client_addr: SocketAddr,
     backend: crate::net::Stream,
     backend_config: &BackendConfig,
     adapter: Box<dyn SessionAdapter>,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let id = ctx.registry.next_session_id();
-    let (tx, cmds) = mpsc::channel(8);
-    let handle = SessionHandle { tx };
+    let cmds = Arc::new(Mailbox::new());
+    let handle = SessionHandle {
+        mailbox: cmds.clone(),
+    };
     let info = SessionInfo {
         id,
         listener: ctx.listener.clone(),
@@ -218,14 +294,20 @@ pub async fn run(
         ctx,
     };
     let span = tracing::info_span!("session", session.id = id, listener = %session.ctx.listener, client.addr = %client_addr);
-    session.run().instrument(span).await;
+    session.run().instrument(span)
 }
 
 impl Session {
-    async fn run(mut self) {
-        debug!(backend = %self.backend_name, "session started");
-        let reason = self.main_loop().await;
-        self.finish(reason).await;
+    /// Not an `async fn`: one taking `self` by value stores it twice in its future (the
+    /// argument and the body's copy); an `async move` block keeps the captured session once.
+    #[allow(clippy::manual_async_fn)] // deliberate, see above
+    fn run(mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        async move {
+            debug!(backend = %self.backend_name, "session started");
+            let reason = self.main_loop().await;
+            // Boxed: closing needs a large future that an idle session should not carry.
+            Box::pin(self.finish(reason)).await;
+        }
     }
 
     async fn main_loop(&mut self) -> CloseReason {
@@ -253,18 +335,18 @@ impl Session {
         let deadline = self
             .migration
             .as_ref()
-            .and_then(Migration::deadline)
+            .and_then(|m| m.deadline())
             .or(self.retry_at);
         let shutdown = self.ctx.shutdown.clone();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => Some(CloseReason::Shutdown),
             cmd = self.cmds.recv() => match cmd {
-                Some(SessionCommand::Migrate { to, reason, reply }) => {
+                SessionCommand::Migrate { to, reason, reply } => {
                     self.start_migration(to, reason, Some(reply));
                     None
                 }
-                Some(SessionCommand::Close) | None => Some(CloseReason::Admin),
+                SessionCommand::Close => Some(CloseReason::Admin),
             },
             ev = self.client.io(read_client), if client_pollable => self.on_client_io(ev),
             ev = io_opt(&mut self.backend, read_backend), if backend_pollable => self.on_backend_io(ev),
@@ -512,8 +594,8 @@ impl Session {
         {
             return Some(CloseReason::Client);
         }
-        let identity = self.adapter.identity();
-        if identity != self.identity {
+        if !self.adapter.identity_is(self.identity.as_deref()) {
+            let identity = self.adapter.identity();
             self.ctx.registry.set_identity(self.id, identity.clone());
             self.identity = identity;
         }
@@ -521,6 +603,7 @@ impl Session {
     }
 
     async fn finish(mut self, reason: CloseReason) {
+        self.cmds.close();
         self.finish_settling(true);
         if let Some(m) = self.migration.take() {
             m.abandon(&self.ctx.registry);
@@ -573,5 +656,51 @@ mod tests {
     fn every_close_reason_is_preregistered() {
         let labels: Vec<&str> = CloseReason::examples().iter().map(|r| r.label()).collect();
         assert_eq!(labels, crate::metrics::CLOSE_REASONS);
+    }
+}
+
+#[cfg(test)]
+mod footprint {
+    use super::*;
+
+    fn size<F>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle session's memory is mostly its task's future, allocated once at its largest:
+    /// keep the rarely used parts (migration, close) out of it. Issue 5 measures this.
+    #[tokio::test]
+    async fn an_idle_session_future_stays_small() {
+        let text = "[[listener]]\nname = \"m\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"irc\"\nbackends = [\"b\"]\n[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\n";
+        let config = crate::config::parse(text, "t.toml").unwrap();
+        let registry = Arc::new(Registry::new(&config, Default::default()));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (b, addr) = l.accept().await.unwrap();
+        let ctx = Arc::new(SessionCtx {
+            registry,
+            listener: "m".into(),
+            protocol: "irc",
+            migration: config.migration.clone(),
+            shutdown: CancellationToken::new(),
+            failover_limiter: Arc::new(tokio::sync::Semaphore::new(1)),
+        });
+        let adapter = crate::protocol::lookup("irc", &config.listener[0])
+            .unwrap()
+            .new_session(&config.listener[0]);
+        let fut = run(
+            ctx,
+            crate::net::Stream::Plain(a),
+            addr,
+            crate::net::Stream::Plain(b),
+            &config.backend[0],
+            adapter,
+        );
+        let bytes = size(&fut);
+        assert!(bytes <= 1200, "a session's future is {bytes} bytes");
+        let irc = std::mem::size_of::<crate::protocol::irc::IrcSession>();
+        assert!(irc <= 512, "the IRC adapter is {irc} bytes");
     }
 }

@@ -87,11 +87,13 @@ pub struct IrcSession {
     linked: bool,
     snap: Snapshot,
     observer: Observer,
-    migration: Option<Migration>,
+    // The migration-time parts are boxed: most sessions never migrate, and an idle session
+    // should carry only its snapshot.
+    migration: Option<Box<Migration>>,
     flush_token: Option<String>,
-    fixup: Option<Fixup>,
-    reclaim: Option<Reclaim>,
-    dedupe: Option<Dedupe>,
+    fixup: Option<Box<Fixup>>,
+    reclaim: Option<Box<Reclaim>>,
+    dedupe: Option<Box<Dedupe>>,
     /// The backend sent `ERROR`: the close that follows is deliberate, not a lost server.
     backend_error: bool,
     /// The temporary nick of an aborted migration: the network may still relay its lines
@@ -326,6 +328,10 @@ impl SessionAdapter for IrcSession {
         self.snap.nick.clone()
     }
 
+    fn identity_is(&self, current: Option<&str>) -> bool {
+        self.snap.nick.as_deref() == current
+    }
+
     /// Refuses while the previous migration is still settling on the current backend (a
     /// moment: the fixup barrier, the nick reclaim), so a drain retries later; and for good
     /// when the session can't be re-created at all.
@@ -366,11 +372,11 @@ impl SessionAdapter for IrcSession {
     fn start_register(&mut self) -> Result<RegisterStart, String> {
         self.replayable()?;
         let (register, send) = Register::start(&self.snap, self.linked, random_u64())?;
-        self.migration = Some(Migration {
+        self.migration = Some(Box::new(Migration {
             register,
             dedupe: Dedupe::default(),
             detached: false,
-        });
+        }));
         self.flush_token = None;
         self.dedupe = None;
         Ok(RegisterStart { send, settle: None })
@@ -421,24 +427,25 @@ impl SessionAdapter for IrcSession {
     }
 
     fn cutover(&mut self) -> Vec<Bytes> {
-        let Some(mut m) = self.migration.take() else {
+        let Some(m) = self.migration.take() else {
             return Vec::new();
         };
+        let mut m = *m;
         self.flush_token = None;
         self.fixup = None;
         self.reclaim = None;
         m.dedupe.cutover();
-        self.dedupe = (!m.dedupe.finished()).then_some(m.dedupe);
+        self.dedupe = (!m.dedupe.finished()).then(|| Box::new(m.dedupe));
         let real = self.snap.nick.clone().unwrap_or_default();
         let mut send = Vec::new();
         if let Some((fixup, fix)) = Fixup::plan(&self.snap, &m.register, &real, random_u64()) {
-            self.fixup = Some(fixup);
+            self.fixup = Some(Box::new(fixup));
             send = fix;
         }
         let temp = m.register.nick();
         if !irc_eq(temp.as_bytes(), real.as_bytes()) {
             let (reclaim, nick) = Reclaim::start(&real, temp, m.register.userhost());
-            self.reclaim = Some(reclaim);
+            self.reclaim = Some(Box::new(reclaim));
             // With shared channels, B relays the old connection's QUIT once the network has
             // processed it, and the reclaim answers that QUIT with the NICK. Asking earlier
             // races the QUIT: under load a server can accept the NICK while the old server
@@ -476,9 +483,9 @@ impl SessionAdapter for IrcSession {
                 .as_ref()
                 .map_or(0, |m| m.dedupe.heap_size() + 256)
             + self.flush_token.as_ref().map_or(0, String::capacity)
-            + self.reclaim.as_ref().map_or(0, Reclaim::heap_size)
+            + self.reclaim.as_ref().map_or(0, |r| r.heap_size())
             + self.fixup.as_ref().map_or(0, |_| 256)
-            + self.dedupe.as_ref().map_or(0, Dedupe::heap_size)
+            + self.dedupe.as_ref().map_or(0, |d| d.heap_size())
     }
 }
 
