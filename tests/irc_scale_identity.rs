@@ -392,3 +392,72 @@ fn negotiated_caps_are_kept_across_a_move() -> Result<()> {
         Ok(())
     })
 }
+
+/// Bad input from one client (a line over 512 bytes, a NUL, binary garbage) closes that
+/// session only; nothing of it reaches the channel half-parsed, and another client on the
+/// same server keeps working.
+#[test]
+fn bad_input_closes_only_that_session_and_reaches_no_backend() -> Result<()> {
+    let net = IrcNetwork::start(IrcdKind::Ngircd)?;
+    runtime()?.block_on(async {
+        let text = proxy::config(
+            "irc",
+            &[("a", net.a.client_addr().to_string())],
+            "",
+            "[health]\ninterval_ms = 60000\n",
+        );
+        let running = proxy::start(&text).await;
+        let addr = running.listener("main");
+        let mut good = Raw::connect(addr, None, "good").await?;
+        good.send("JOIN #bad\r\n").await?;
+        good.until(
+            |l| l.split(' ').nth(1) == Some("366"),
+            Duration::from_secs(10),
+        )
+        .await?;
+        let attacks: [Vec<u8>; 3] = [
+            format!("PRIVMSG #bad :{}\r\n", "x".repeat(600)).into_bytes(),
+            b"PRIVMSG #bad :nul\0here\r\n".to_vec(),
+            (0u8..=255).cycle().take(10_000).collect(),
+        ];
+        for (i, attack) in attacks.iter().enumerate() {
+            let mut bad = Raw::connect(addr, None, &format!("bad{i}")).await?;
+            bad.send("JOIN #bad\r\n").await?;
+            bad.until(
+                |l| l.split(' ').nth(1) == Some("366"),
+                Duration::from_secs(10),
+            )
+            .await?;
+            bad.w.write_all(attack).await?;
+            // The proxy closes this client: its reader sees the end of the stream.
+            let end = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match bad.lines.next_line().await {
+                        Ok(Some(_)) => continue,
+                        _ => return,
+                    }
+                }
+            })
+            .await;
+            ensure!(end.is_ok(), "attack {i}: the bad client was not closed");
+        }
+        // The good client still works and saw no PRIVMSG from any bad client.
+        good.send("PING :still-good\r\n").await?;
+        let lines = good
+            .until(|l| l.ends_with("still-good"), Duration::from_secs(10))
+            .await?;
+        ensure!(
+            !lines.iter().any(|l| l.contains("PRIVMSG")),
+            "something reached the channel: {lines:?}"
+        );
+        let metrics = running.engine.metrics_text();
+        ensure!(
+            metrics.contains(
+                "handover_sessions_closed_total{listener=\"main\",reason=\"protocol_error\"} 3"
+            ),
+            "{metrics}"
+        );
+        running.shutdown(Duration::from_secs(2)).await;
+        Ok(())
+    })
+}
