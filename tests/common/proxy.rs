@@ -25,6 +25,19 @@ pub fn config(
 }
 
 pub async fn start(text: &str) -> Running {
+    init_logs();
     let config = handover::config::parse(text, "test.toml").expect("test config is valid");
     app::start(config).await.expect("proxy starts")
+}
+
+/// With `RUST_LOG` set, the proxy's log lines go to the test's output (shown on failure or
+/// with `--nocapture`).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    }
 }
