@@ -113,6 +113,14 @@ pub trait SessionAdapter: Send + 'static {
         Ok(())
     }
 
+    /// Whether the session could be re-created on another backend at all, once its backend is
+    /// gone. Unlike [`SessionAdapter::can_migrate`] it ignores what only makes a move wait (a
+    /// failover cannot wait for the old backend); a refusal closes the client, since nothing
+    /// else could ever take the session.
+    fn can_fail_over(&self) -> Result<(), String> {
+        self.can_migrate()
+    }
+
     /// Bytes written to a fresh backend link before anything else, e.g. IRC `WEBIRC`.
     fn backend_prelude(&self, _backend: &BackendConfig, _client: &ClientInfo) -> Option<Bytes> {
         None

@@ -179,7 +179,17 @@ impl Session {
         if self.client_done {
             return refuse(self, "the client is closing".into(), reply);
         }
-        if let Err(why) = self.adapter.can_migrate() {
+        let failing_over = self.backend.is_none();
+        let allowed = if failing_over {
+            self.adapter.can_fail_over()
+        } else {
+            self.adapter.can_migrate()
+        };
+        if let Err(why) = allowed {
+            if failing_over {
+                // Still bounded: `retry_failover` closes the client after failover_timeout_ms.
+                self.retry_at = Some(Instant::now() + FAILOVER_RETRY);
+            }
             return refuse(self, why, reply);
         }
         let target = match self.ctx.registry.reserve(

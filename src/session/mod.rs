@@ -417,6 +417,14 @@ impl Session {
         if !self.adapter.failover_on_close() {
             return Some(CloseReason::Backend);
         }
+        if self.migration.is_none() {
+            if let Err(refusal) = self.adapter.can_fail_over() {
+                // Nothing could ever take the session: the client sees the close at once, as
+                // it would without a proxy, rather than a socket that neither works nor ends.
+                info!(backend = %self.backend_name, why, refusal = %refusal, "backend lost; the session cannot fail over");
+                return Some(CloseReason::Backend);
+            }
+        }
         info!(backend = %self.backend_name, why, "backend lost; failing over");
         if let Some(mut link) = self.backend.take() {
             // Client bytes A never took go first in the held queue: they reach B instead.

@@ -287,6 +287,13 @@ impl SessionAdapter for IrcSession {
         self.replayable()
     }
 
+    /// A failover may leave a backend while the previous migration still settles on it: the
+    /// cut replaces a pending reclaim and fixup. Only a session that can't be re-created at
+    /// all (not registered, quitting, unreplayable SASL) can't fail over.
+    fn can_fail_over(&self) -> Result<(), String> {
+        self.replayable()
+    }
+
     /// `WEBIRC <password> <gateway> <ip> <ip>`: the hostname is the address itself, so the
     /// server does its own lookup. An IPv6 address that starts with `:` gets a leading `0`, or
     /// it would read as a trailing parameter.
