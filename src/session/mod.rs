@@ -229,8 +229,9 @@ impl Session {
             .and_then(Migration::deadline)
             .or(self.retry_at);
         let shutdown = self.ctx.shutdown.clone();
+        // Not `biased`: a peer that is always ready (a flooding backend or client) must not
+        // starve the other branches, the migration's progress and its deadlines among them.
         tokio::select! {
-            biased;
             _ = shutdown.cancelled() => Some(CloseReason::Shutdown),
             cmd = self.cmds.recv() => match cmd {
                 Some(SessionCommand::Migrate { to, reason, reply }) => {

@@ -3,6 +3,9 @@
 //! here; everything a well-behaved server must do for handover (welcome, PING/PONG, JOIN echo
 //! and 366, NICK echo, PRIVMSG relay between its own users, QUIT → ERROR) is in `Normal`.
 //!
+//! `FLOOD <bytes>` (a test-only command) makes a `Normal` connection send that many bytes of
+//! PRIVMSGs to its client; replies to later lines (a PING) queue up behind them.
+//!
 //! The mode is read when a connection is accepted, so a test can switch a server to a hostile
 //! mode and then ask handover to migrate a session onto it. Each server is one process-local
 //! network of its own: servers are not linked.
@@ -241,6 +244,23 @@ impl Conn {
                 let line = Bytes::from(format!(":{} {cmd} {rest}\r\n", self.prefix()));
                 self.relay(arg0, line);
             }
+            // Test-only: queue `n` bytes of PRIVMSGs to this client ahead of anything else.
+            "FLOOD" if self.registered => {
+                let n: usize = arg0.parse().unwrap_or(0);
+                let line = format!(
+                    ":flooder!f@fake PRIVMSG {} :{}\r\n",
+                    self.nick.as_deref().unwrap_or("*"),
+                    "f".repeat(400)
+                );
+                let chunk: Bytes = line.repeat(8192 / line.len()).into();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut sent = 0;
+                    while sent < n && tx.send(chunk.clone()).await.is_ok() {
+                        sent += chunk.len();
+                    }
+                });
+            }
             "QUIT" => {
                 let _ = tx
                     .send(Bytes::from_static(b"ERROR :Closing link (quit)\r\n"))
@@ -374,7 +394,14 @@ async fn flood(
     line: Bytes,
     limit: usize,
 ) {
-    let chunk: Vec<u8> = line.iter().copied().cycle().take(line.len() * 64).collect();
+    // Whole lines in 64 KiB writes: the flood outpaces any reader.
+    let lines = (64 * 1024 / line.len()).max(1);
+    let chunk: Vec<u8> = line
+        .iter()
+        .copied()
+        .cycle()
+        .take(line.len() * lines)
+        .collect();
     let mut sent = 0;
     while sent < limit {
         if wr.write_all(&chunk).await.is_err() {

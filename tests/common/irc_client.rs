@@ -90,3 +90,13 @@ impl IrcClient {
         self.expect(|l| l.contains(&end)).await;
     }
 }
+
+impl IrcClient {
+    /// The socket, for a test that takes over from here (whatever was buffered is dropped).
+    pub fn take_stream(self) -> TcpStream {
+        self.rd
+            .into_inner()
+            .reunite(self.wr)
+            .expect("halves of one stream")
+    }
+}

@@ -7,3 +7,4 @@ pub mod irc_chat;
 pub mod irc_client;
 pub mod ircd;
 pub mod proxy;
+pub mod rss;
