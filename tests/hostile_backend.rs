@@ -132,8 +132,9 @@ async fn session_on_a(
 }
 
 /// Asks for a move to b, which misbehaves: the move must abort within `limit`, and the
-/// session must stay on a, working, with its client none the wiser.
-async fn move_aborts(mode: Mode, limit: Duration) -> String {
+/// session must stay on a, working, with its client none the wiser. Returns the reason and how
+/// much this process's RSS grew during the attempt.
+async fn move_aborts(mode: Mode, limit: Duration) -> (String, usize) {
     let (a, b) = (
         FakeIrcd::start("a.fake").await,
         FakeIrcd::start("b.fake").await,
@@ -141,9 +142,11 @@ async fn move_aborts(mode: Mode, limit: Duration) -> String {
     let running = proxy::start(&config(&[&a, &b], "")).await;
     let engine = running.engine.clone();
     let (mut alice, id) = session_on_a(&running, mode, &b).await;
+    let before = common::rss::rss_bytes();
     let started = tokio::time::Instant::now();
     let moved = engine.migrate(&id, Some("b".into())).await.unwrap();
     let took = started.elapsed();
+    let grew = common::rss::rss_bytes().saturating_sub(before);
     assert_eq!(moved.outcome, "aborted", "{moved:?}");
     assert!(took < limit, "the abort took {took:?}");
     assert_eq!(engine.sessions()[0].backend, "a");
@@ -151,34 +154,55 @@ async fn move_aborts(mode: Mode, limit: Duration) -> String {
     // Still in its channel on a, and still one welcome only.
     assert_eq!(alice.seen.iter().filter(|l| l.contains(" 001 ")).count(), 1);
     running.shutdown(Duration::from_secs(2)).await;
-    moved.reason.unwrap_or_default()
+    (moved.reason.unwrap_or_default(), grew)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_never_answers_registration_aborts_at_register_timeout() {
     let _serial = common::rss::serial().await;
-    let why = move_aborts(Mode::Silent, Duration::from_secs(5)).await;
+    let (why, _) = move_aborts(Mode::Silent, Duration::from_secs(5)).await;
     assert!(why.contains("timed out"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_closes_mid_registration_aborts_at_once() {
     let _serial = common::rss::serial().await;
-    let why = move_aborts(Mode::CloseOnRegister, Duration::from_secs(1)).await;
+    let (why, _) = move_aborts(Mode::CloseOnRegister, Duration::from_secs(1)).await;
     assert!(why.contains("closed"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_answers_garbage_aborts_at_once() {
     let _serial = common::rss::serial().await;
-    let why = move_aborts(Mode::Garbage, Duration::from_secs(1)).await;
+    let (why, _) = move_aborts(Mode::Garbage, Duration::from_secs(1)).await;
     assert!(why.contains("NUL"), "{why}");
 }
 
 /// The most memory a migration target can make handover hold for one session: B's read buffer
-/// (one 32 KiB read plus a partial line) and what handover queues for B, which is bounded by
-/// the 64 KiB link limit plus one read's worth of replies. Allocator slack on top.
-const FLOOD_BOUND: usize = 16 * 1024 * 1024;
+/// (one 32 KiB read plus a partial line, under 48 KiB) and what handover queues for B (the
+/// 64 KiB link limit plus the replies to one read's worth of lines, under 64 KiB more): about
+/// 180 KiB. The bound allows 4 MiB for allocator arenas and the test's own buffers; the
+/// unbounded PONG queue this guards against grew by ~90 MiB in the 1.5 s registration window.
+const FLOOD_BOUND: usize = 4 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_floods_pings_during_registration_is_bounded() {
+    let _serial = common::rss::serial().await;
+    // b sends PINGs as fast as it can and never reads: every PING asks handover for a PONG.
+    let ping = format!("PING :{}\r\n", "p".repeat(400));
+    let flood = Mode::Flood {
+        line: ping.into(),
+        limit: 2 << 30,
+    };
+    let (why, grew) = move_aborts(flood, Duration::from_secs(5)).await;
+    eprintln!("RSS grew by {:.1} MiB", common::rss::mib(grew));
+    assert!(why.contains("timed out"), "{why}");
+    assert!(
+        grew < FLOOD_BOUND,
+        "RSS grew by {:.1} MiB while b flooded",
+        common::rss::mib(grew)
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_floods_junk_during_registration_is_bounded() {
@@ -189,9 +213,8 @@ async fn a_backend_that_floods_junk_during_registration_is_bounded() {
         line: junk.as_bytes().to_vec().into(),
         limit: 2 << 30,
     };
-    let before = common::rss::rss_bytes();
-    let why = move_aborts(flood, Duration::from_secs(5)).await;
-    let grew = common::rss::rss_bytes().saturating_sub(before);
+    let (why, grew) = move_aborts(flood, Duration::from_secs(5)).await;
+    eprintln!("RSS grew by {:.1} MiB", common::rss::mib(grew));
     assert!(why.contains("timed out"), "{why}");
     assert!(
         grew < FLOOD_BOUND,

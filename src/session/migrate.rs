@@ -83,8 +83,11 @@ pub(super) async fn poll(m: &mut Option<Migration>) -> MigrationEvent {
             let (result, permit) = fut.await;
             MigrationEvent::Connected(result, permit)
         }
-        Phase::Registering { link, .. } if link.pollable(true) => {
-            MigrationEvent::Io(link.io(true).await)
+        Phase::Registering { link, .. } if link.pollable(link.out_len() < OUT_LIMIT) => {
+            // B's replies (PONGs to its PINGs) queue up for B: stop reading B while it does not
+            // take them, or a B that floods PINGs and never reads grows the queue unbounded.
+            let read = link.out_len() < OUT_LIMIT;
+            MigrationEvent::Io(link.io(read).await)
         }
         Phase::Flushing { link, .. } if link.pollable(read_ok) => {
             MigrationEvent::Io(link.io(read_ok).await)
