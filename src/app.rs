@@ -92,6 +92,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             migration: config.migration.clone(),
             shutdown: shutdown.clone(),
             failover_limiter: failover_limiter.clone(),
+            registration_timeout: Duration::from_millis(l.registration_timeout_ms),
+            client_stall_timeout: Duration::from_millis(l.client_stall_timeout_ms),
         });
         let task = ListenerTask {
             config: l.clone(),

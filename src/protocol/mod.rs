@@ -103,6 +103,13 @@ pub trait SessionAdapter: Send + 'static {
     /// Sees every frame in both directions while forwarding; keeps the snapshot current.
     fn observe(&mut self, dir: Direction, frame: &Bytes) -> Verdict;
 
+    /// False until the client has completed its registration (IRC: the server's welcome);
+    /// a session that stays unregistered past `registration_timeout_ms` is closed. Protocols
+    /// without a registration keep the default.
+    fn registered(&self) -> bool {
+        true
+    }
+
     /// The IRC nick or OSCAR screen name, for `GET /sessions`.
     fn identity(&self) -> Option<String> {
         None

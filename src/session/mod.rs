@@ -26,7 +26,21 @@ use link::{IoEvent, Link};
 use migrate::Migration;
 
 /// Most bytes queued towards one side before the other side stops being read.
-const OUT_LIMIT: usize = 64 * 1024;
+pub const OUT_LIMIT: usize = 64 * 1024;
+
+/// The most bytes of buffers one session can hold, for a protocol whose longest frame is
+/// `max_frame` bytes (IRC: 8191 + 512), with `inflight_limit` the migration's
+/// `inflight_limit_bytes`. Each link (client, backend, and a second backend during a migration)
+/// has a read buffer of at most one read plus a partial frame, and an outgoing queue of at most
+/// [`OUT_LIMIT`] plus one read's worth (reading stops at the limit, after the read that crossed
+/// it); the in-flight queue and the new backend's held output are bounded the same way. Memory
+/// is this times the sessions held, plus a few KiB of fixed state per session; an idle session
+/// holds no buffers at all.
+pub fn max_buffered_bytes(inflight_limit: usize, max_frame: usize) -> usize {
+    let read_buffer = link::READ_CHUNK + max_frame;
+    let queue = OUT_LIMIT + link::READ_CHUNK;
+    3 * (read_buffer + queue) + (inflight_limit + link::READ_CHUNK) + queue
+}
 
 /// What the rest of the program can ask of a session.
 pub enum SessionCommand {
@@ -93,6 +107,10 @@ pub enum CloseReason {
     Shutdown,
     Admin,
     Io(String),
+    /// The client did not complete its registration within `registration_timeout_ms`.
+    RegistrationTimeout,
+    /// The client left a full queue of output unread for `client_stall_timeout_ms`.
+    ClientStalled,
 }
 
 impl CloseReason {
@@ -105,6 +123,8 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Admin => "admin",
             CloseReason::Io(_) => "io_error",
+            CloseReason::RegistrationTimeout => "registration_timeout",
+            CloseReason::ClientStalled => "client_stalled",
         }
     }
 }
@@ -118,6 +138,10 @@ pub struct SessionCtx {
     pub shutdown: CancellationToken,
     /// Bounds failovers in flight, so a dead backend's sessions reach the next one paced.
     pub failover_limiter: Arc<tokio::sync::Semaphore>,
+    /// The listener's `registration_timeout_ms`.
+    pub registration_timeout: Duration,
+    /// The listener's `client_stall_timeout_ms`.
+    pub client_stall_timeout: Duration,
 }
 
 pub struct Session {
@@ -144,6 +168,11 @@ pub struct Session {
     retry_at: Option<Instant>,
     /// An operator's migrate request that a failover in progress will answer.
     pending_reply: Option<oneshot::Sender<MigrationResult>>,
+    /// Until the adapter reports the client registered: when the session is closed.
+    register_by: Option<Instant>,
+    /// Since when the client's queue has been full without a byte written, and the byte count
+    /// written then.
+    stalled_since: Option<(Instant, u64)>,
 }
 
 /// Runs a session on an established backend link until it ends.
@@ -170,6 +199,7 @@ pub async fn run(
     };
     ctx.registry.add_session(info, handle);
     let tls = client.is_tls();
+    let register_by = (!adapter.registered()).then(|| Instant::now() + ctx.registration_timeout);
     let session = Session {
         id,
         client: Link::new(client),
@@ -190,6 +220,8 @@ pub async fn run(
         lost_since: None,
         retry_at: None,
         pending_reply: None,
+        register_by,
+        stalled_since: None,
         ctx,
     };
     let span = tracing::info_span!("session", session.id = id, listener = %session.ctx.listener, client.addr = %client_addr);
@@ -228,6 +260,7 @@ impl Session {
             .as_ref()
             .and_then(Migration::deadline)
             .or(self.retry_at);
+        let limit = self.limit_deadline();
         let shutdown = self.ctx.shutdown.clone();
         // Not `biased`: a peer that is always ready (a flooding backend or client) must not
         // starve the other branches, the migration's progress and its deadlines among them.
@@ -247,7 +280,46 @@ impl Session {
                 self.on_deadline();
                 None
             },
+            _ = sleep_until_opt(limit), if limit.is_some() => self.limit_reached(),
         }
+    }
+
+    /// The earliest of the client's registration and stall deadlines.
+    fn limit_deadline(&self) -> Option<Instant> {
+        let stall = self
+            .stalled_since
+            .map(|(since, _)| since + self.ctx.client_stall_timeout);
+        match (self.register_by, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A limit's deadline passed: close the session if it still applies.
+    fn limit_reached(&mut self) -> Option<CloseReason> {
+        let now = Instant::now();
+        if self.register_by.is_some_and(|at| at <= now) {
+            return Some(CloseReason::RegistrationTimeout);
+        }
+        let stalled = self
+            .stalled_since
+            .is_some_and(|(since, _)| since + self.ctx.client_stall_timeout <= now);
+        stalled.then_some(CloseReason::ClientStalled)
+    }
+
+    /// Keeps the limits' state current after an event.
+    fn track_limits(&mut self) {
+        if self.register_by.is_some() && self.adapter.registered() {
+            self.register_by = None;
+        }
+        // Stalled: the queue to the client is full (so the backend is no longer read) and not
+        // a byte of it was written since the queue filled.
+        let written = self.client.written_total;
+        self.stalled_since = match self.stalled_since {
+            _ if self.client.out_len() < OUT_LIMIT => None,
+            Some((since, at)) if at == written => Some((since, at)),
+            _ => Some((Instant::now(), written)),
+        };
     }
 
     fn want_client_read(&self) -> bool {
@@ -453,6 +525,7 @@ impl Session {
 
     /// Checks done after every event: identity changes, cut-over readiness, failover retries.
     fn after_event(&mut self) -> Option<CloseReason> {
+        self.track_limits();
         if self
             .migration
             .as_ref()

@@ -274,6 +274,10 @@ impl SessionAdapter for IrcSession {
         self.snap.nick.clone()
     }
 
+    fn registered(&self) -> bool {
+        self.snap.registered()
+    }
+
     /// Refuses while the previous migration is still settling on the current backend (a
     /// moment: the fixup barrier, the nick reclaim), so a drain retries later; and for good
     /// when the session can't be re-created at all.
