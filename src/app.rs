@@ -101,6 +101,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             protocol: Arc::from(protocol),
             tls,
             tracker: tracker.clone(),
+            per_ip: Default::default(),
         };
         tracker.spawn(task.run(socket));
     }
