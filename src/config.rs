@@ -328,11 +328,15 @@ fn parse_with(
 fn toml_error(file: &str, e: toml::de::Error) -> ConfigError {
     let message = e.message().to_string();
     // toml names unknown keys in its message; keep it as the problem.
-    let key = message
+    let key = match message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
-        .unwrap_or("(syntax)")
-        .to_string();
+    {
+        // An empty key (`"" = 1`) must still be named, as TOML writes it.
+        Some("") => "\"\"".to_string(),
+        Some(key) => key.to_string(),
+        None => "(syntax)".to_string(),
+    };
     let problem = match e.span() {
         Some(span) => format!("{message} (at byte {})", span.start),
         None => message,
@@ -612,6 +616,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.file, "t.toml");
         assert_eq!(err.key, "bogus");
+    }
+
+    /// Found by `fuzz/fuzz_targets/config_parse.rs` (crash-a70f7267, the input `''=''`): the
+    /// error named an empty key, printing as `t.toml: : unknown field ...`.
+    #[test]
+    fn an_empty_key_is_still_named() {
+        for text in ["''=''", "\"\" = 1", "[admin]\n'' = 2"] {
+            let err = parse(text, "t.toml").unwrap_err();
+            assert_eq!(err.key, "\"\"", "{text}: {err}");
+            assert!(err.to_string().starts_with("t.toml: \"\": unknown field"), "{err}");
+        }
     }
 
     #[test]
