@@ -173,6 +173,8 @@ pub struct Session {
     /// Since when the client's queue has been full without a byte written, and the byte count
     /// written then.
     stalled_since: Option<(Instant, u64)>,
+    /// Client bytes read and written that `handover_bytes_total` already counts.
+    counted: (u64, u64),
 }
 
 /// Runs a session on an established backend link until it ends.
@@ -222,6 +224,7 @@ pub async fn run(
         pending_reply: None,
         register_by,
         stalled_since: None,
+        counted: (0, 0),
         ctx,
     };
     let span = tracing::info_span!("session", session.id = id, listener = %session.ctx.listener, client.addr = %client_addr);
@@ -305,6 +308,17 @@ impl Session {
             .stalled_since
             .is_some_and(|(since, _)| since + self.ctx.client_stall_timeout <= now);
         stalled.then_some(CloseReason::ClientStalled)
+    }
+
+    /// Counts what moved through the client link since the last event: bytes read from the
+    /// client are on their way to a backend, bytes written to it came from one.
+    fn count_bytes(&mut self) {
+        let now = (self.client.read_total, self.client.written_total);
+        let (read, written) = (now.0 - self.counted.0, now.1 - self.counted.1);
+        if read > 0 || written > 0 {
+            self.ctx.registry.metrics.bytes(read, written);
+            self.counted = now;
+        }
     }
 
     /// Keeps the limits' state current after an event.
@@ -525,6 +539,7 @@ impl Session {
 
     /// Checks done after every event: identity changes, cut-over readiness, failover retries.
     fn after_event(&mut self) -> Option<CloseReason> {
+        self.count_bytes();
         self.track_limits();
         if self
             .migration
@@ -551,6 +566,7 @@ impl Session {
     }
 
     async fn finish(mut self, reason: CloseReason) {
+        self.count_bytes();
         if let Some(m) = self.migration.take() {
             m.abandon(&self.ctx.registry);
         }
