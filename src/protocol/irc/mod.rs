@@ -39,7 +39,7 @@ use bytes::{Bytes, BytesMut};
 
 use self::dedupe::Dedupe;
 use self::fixup::{Fix, Fixup};
-use self::message::{decode_line, irc_eq, line, untagged, Message};
+use self::message::{decode_line, irc_eq, line, text, untagged, Message};
 use self::observe::{bounce_target, Observer};
 use self::reconcile::{Reclaim, Step};
 use self::register::Register;
@@ -101,6 +101,10 @@ pub struct IrcSession {
 struct Migration {
     register: Register,
     dedupe: Dedupe,
+    /// Rejoined channels whose JOIN of our temporary nick on B the old link has relayed.
+    joins_on_a: Vec<String>,
+    /// A answered the flush mark.
+    flushed: bool,
 }
 
 impl IrcSession {
@@ -145,6 +149,9 @@ impl IrcSession {
         };
         if msg.is("ERROR") {
             self.backend_error = true;
+        }
+        if self.temp_join_on_a(&msg) {
+            return Verdict::Hide;
         }
         if let Some(verdict) = self.reconcile(&msg, frame) {
             return verdict;
@@ -215,6 +222,53 @@ impl IrcSession {
                 Some(Verdict::Rewrite(bytes))
             }
         }
+    }
+
+    /// The old link relays the JOIN of our temporary nick on B: the client must never see it,
+    /// and it is noted for [`IrcSession::a_relayed_every_join`].
+    fn temp_join_on_a(&mut self, msg: &Message) -> bool {
+        let Some(m) = self.migration.as_mut() else {
+            return false;
+        };
+        let temp = m.register.nick();
+        let ours = m.register.welcomed()
+            && msg.is("JOIN")
+            && msg
+                .source_nick()
+                .is_some_and(|n| irc_eq(n, temp.as_bytes()))
+            && !self.snap.is_me(temp.as_bytes());
+        if !ours {
+            return false;
+        }
+        let chan = msg.param(0).unwrap_or_default();
+        let rejoined = m.register.rejoined().any(|c| irc_eq(c.as_bytes(), chan));
+        if rejoined && !m.joins_on_a.iter().any(|c| irc_eq(c.as_bytes(), chan)) {
+            m.joins_on_a.push(text(chan));
+        }
+        true
+    }
+
+    /// Until the old link has relayed our JOIN on B for a channel, the network may route that
+    /// channel's messages to A alone (the JOIN has not reached the sender's server yet), and
+    /// A may deliver them after its answer to the flush mark: cutting at the PONG would lose
+    /// them. Server links are FIFO, so once A relays the JOIN, every message routed without B
+    /// has reached A before it. Channels the client has left on A meanwhile don't count; on
+    /// independent servers (no temporary nick) there is nothing to wait for.
+    fn a_relayed_every_join(&self) -> bool {
+        let Some(m) = &self.migration else {
+            return true;
+        };
+        if self.snap.is_me(m.register.nick().as_bytes()) {
+            return true;
+        }
+        m.register
+            .rejoined()
+            .filter(|c| self.snap.channel(c.as_bytes()).is_some())
+            .all(|c| {
+                m.joins_on_a
+                    .iter()
+                    .any(|s| irc_eq(s.as_bytes(), c.as_bytes()))
+            })
     }
 
     /// Whether the snapshot can be re-created elsewhere at all.
@@ -324,6 +378,8 @@ impl SessionAdapter for IrcSession {
         self.migration = Some(Migration {
             register,
             dedupe: Dedupe::default(),
+            joins_on_a: Vec::new(),
+            flushed: false,
         });
         self.flush_token = None;
         self.dedupe = None;
@@ -350,16 +406,26 @@ impl SessionAdapter for IrcSession {
         Some(ping)
     }
 
+    /// The flush is over when A has answered the mark *and* relayed our JOIN on B for every
+    /// rejoined channel (see `a_relayed_every_join`), whichever comes last; the flush timeout
+    /// still bounds the wait.
     fn is_flush_reply(&mut self, frame: &Bytes) -> bool {
-        let Some(token) = &self.flush_token else {
+        let Some(msg) = Message::parse(frame) else {
             return false;
         };
-        let matches = Message::parse(frame)
-            .is_some_and(|m| m.is("PONG") && m.last() == Some(token.as_bytes()));
-        if matches {
+        let pong = self
+            .flush_token
+            .as_ref()
+            .is_some_and(|t| msg.is("PONG") && msg.last() == Some(t.as_bytes()));
+        if pong {
             self.flush_token = None;
+            if let Some(m) = self.migration.as_mut() {
+                m.flushed = true;
+            }
+            return self.a_relayed_every_join();
         }
-        matches
+        let flushed = self.migration.as_ref().is_some_and(|m| m.flushed);
+        flushed && self.temp_join_on_a(&msg) && self.a_relayed_every_join()
     }
 
     fn detach(&mut self) -> Option<Bytes> {

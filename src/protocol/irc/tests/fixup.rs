@@ -19,6 +19,9 @@ fn changed_during_overlap(s: &mut IrcSession) -> String {
     );
     server(s, ":alice!~alice@localhost MODE alice :-w");
     let token = text(&s.flush_mark().unwrap())["PING :".len()..].to_string();
+    // The client left #test on A: only #priv's JOIN on B must be relayed before the cut.
+    let join = format!(":{temp}!~alice@127.0.0.1 JOIN :#priv");
+    assert_eq!(server(s, &join), Verdict::Hide);
     assert!(s.is_flush_reply(&frame(&format!(":a.irc.test PONG a.irc.test :{token}"))));
     s.detach();
     temp

@@ -23,9 +23,67 @@ fn migrate_up_to_cut(s: &mut IrcSession) -> String {
     );
     let other = frame(":a.irc.test PONG a.irc.test :handover-not-ours");
     assert!(!s.is_flush_reply(&other));
-    assert!(s.is_flush_reply(&frame(&format!(":a.irc.test PONG a.irc.test :{token}"))));
+    // A relays our JOINs on B (hidden); the cut comes with the PONG once both are in.
+    let join_priv = frame(&format!(":{temp}!~alice@127.0.0.1 JOIN :#priv"));
+    assert!(!s.is_flush_reply(&join_priv));
+    assert_eq!(
+        s.observe(Direction::BackendToClient, &join_priv),
+        Verdict::Hide
+    );
+    let pong = frame(&format!(":a.irc.test PONG a.irc.test :{token}"));
+    assert!(!s.is_flush_reply(&pong), "#test is not relayed yet");
+    assert_eq!(s.observe(Direction::BackendToClient, &pong), Verdict::Hide);
+    assert_eq!(
+        server(s, ":bob!~bob@localhost PRIVMSG #test :zero"),
+        Verdict::Forward
+    );
+    assert!(s.is_flush_reply(&frame(&format!(":{temp}!~alice@127.0.0.1 JOIN :#test"))));
     assert_eq!(text(&s.detach().unwrap()), "QUIT :Changing servers");
     temp
+}
+
+/// Found by the soak (docs/SOAK.md): after B's registration the network may not know yet that
+/// B sits in a channel, so a message is routed to A alone; A can deliver it after its PONG,
+/// and a cut at the PONG lost it. The cut waits until A relays B's JOIN for every channel.
+#[test]
+fn the_cut_waits_until_a_relays_our_join_on_b() {
+    let mut s = registered_on_ngircd();
+    let temp = register_on_inspircd(&mut s);
+    let token = text(&s.flush_mark().unwrap())["PING :".len()..].to_string();
+    assert!(!s.is_flush_reply(&frame(&format!(":a.irc.test PONG a.irc.test :{token}"))));
+    // Routed before the network knew of B: A must still deliver it.
+    assert_eq!(
+        server(&mut s, ":bob!~bob@localhost PRIVMSG #priv :late"),
+        Verdict::Forward
+    );
+    // Our temporary nick joining elsewhere is hidden but proves nothing.
+    let elsewhere = frame(&format!(":{temp}!~alice@127.0.0.1 JOIN :#other"));
+    assert!(!s.is_flush_reply(&elsewhere));
+    assert_eq!(
+        s.observe(Direction::BackendToClient, &elsewhere),
+        Verdict::Hide
+    );
+    assert!(!s.is_flush_reply(&frame(&format!(":{temp}!~alice@127.0.0.1 JOIN :#priv"))));
+    assert!(s.is_flush_reply(&frame(&format!(":{temp}!~alice@127.0.0.1 JOIN #TEST"))));
+    s.detach();
+    s.cutover();
+    // B's copy of the late line is a duplicate.
+    assert_eq!(
+        server(&mut s, ":bob!~bob@localhost PRIVMSG #priv :late"),
+        Verdict::Hide
+    );
+}
+
+#[test]
+fn our_join_relayed_before_the_mark_counts_and_is_never_shown() {
+    let mut s = registered_on_ngircd();
+    let temp = register_on_inspircd(&mut s);
+    for chan in ["#priv", "#test"] {
+        let join = format!(":{temp}!~alice@127.0.0.1 JOIN {chan}");
+        assert_eq!(server(&mut s, &join), Verdict::Hide);
+    }
+    let token = text(&s.flush_mark().unwrap())["PING :".len()..].to_string();
+    assert!(s.is_flush_reply(&frame(&format!(":a.irc.test PONG a.irc.test :{token}"))));
 }
 
 #[test]
