@@ -625,7 +625,10 @@ mod tests {
         for text in ["''=''", "\"\" = 1", "[admin]\n'' = 2"] {
             let err = parse(text, "t.toml").unwrap_err();
             assert_eq!(err.key, "\"\"", "{text}: {err}");
-            assert!(err.to_string().starts_with("t.toml: \"\": unknown field"), "{err}");
+            assert!(
+                err.to_string().starts_with("t.toml: \"\": unknown field"),
+                "{err}"
+            );
         }
     }
 

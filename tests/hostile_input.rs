@@ -45,7 +45,9 @@ impl Bystanders {
         bob.join("#calm").await;
         // On linked servers bob's JOIN reaches alice's server after bob's own 366: wait for it
         // there, or alice's first message may not be routed to bob yet.
-        alice.expect(|l| l.starts_with(":bob!") && l.contains("JOIN")).await;
+        alice
+            .expect(|l| l.starts_with(":bob!") && l.contains("JOIN"))
+            .await;
         let mut b = Self {
             alice,
             bob,
