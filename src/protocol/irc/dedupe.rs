@@ -20,7 +20,7 @@
 //! collide.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 
 use super::message::{is_channel, Message};
@@ -29,6 +29,59 @@ use super::message::{is_channel, Message};
 pub const MAX_ENTRIES: usize = 4096;
 /// Non-duplicate shared B lines after the held lines before deduping stops.
 pub const TAIL: u32 = 32;
+/// Shared lines of the current backend remembered for the next migration's overlap.
+pub const RECENT: usize = 16;
+
+/// The last [`RECENT`] shared lines the current backend forwarded, as keys of the session's
+/// hasher. The overlap does not start at B's 001: a message A delivered a moment before can
+/// still be on its way to B's server and arrive there after B's JOIN (ngircd relays take tens
+/// of milliseconds), so B delivers it too. A migration counts these as A's lines.
+#[derive(Debug)]
+pub struct Recent {
+    keys: RandomState,
+    lines: VecDeque<u64>,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self {
+            keys: RandomState::new(),
+            lines: VecDeque::with_capacity(RECENT),
+        }
+    }
+}
+
+impl Recent {
+    /// A line the current backend forwarded to the client.
+    pub fn note(&mut self, msg: &Message, untagged: &[u8]) {
+        if !is_shared(msg) {
+            return;
+        }
+        if self.lines.len() == RECENT {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(self.keys.hash_one(untagged));
+    }
+
+    /// A dedupe for a new migration, keyed like these lines.
+    pub fn dedupe(&self) -> Dedupe {
+        Dedupe {
+            keys: self.keys.clone(),
+            ..Dedupe::default()
+        }
+    }
+
+    /// Counts the remembered lines into `dedupe` as if A had forwarded them in the overlap.
+    pub fn seed(&self, dedupe: &mut Dedupe) {
+        for key in &self.lines {
+            dedupe.add_a(*key);
+        }
+    }
+
+    pub fn heap_size(&self) -> usize {
+        self.lines.capacity() * std::mem::size_of::<u64>()
+    }
+}
 
 #[derive(Debug)]
 pub struct Dedupe {
@@ -62,7 +115,13 @@ impl Dedupe {
         if self.cut || !is_shared(msg) {
             return;
         }
-        let key = self.keys.hash_one(untagged);
+        self.add_a(self.keys.hash_one(untagged));
+    }
+
+    fn add_a(&mut self, key: u64) {
+        if self.cut {
+            return;
+        }
         if !self.counts.contains_key(&key) && self.counts.len() >= MAX_ENTRIES {
             return;
         }
@@ -261,6 +320,53 @@ mod tests {
             "a late copy within the tail is still caught"
         );
         assert!(!dup(&mut d, YO));
+        assert!(d.finished());
+    }
+
+    /// Found by the soak: a message A delivered just before B's 001 reached B's server after
+    /// B's JOIN, and the client saw it twice.
+    #[test]
+    fn recent_a_lines_count_in_the_next_overlap() {
+        let mut recent = Recent::default();
+        let note = |r: &mut Recent, line: &[u8]| {
+            r.note(&Message::parse(line).unwrap(), untagged(line));
+        };
+        note(&mut recent, HI);
+        note(&mut recent, b":a.irc.test 372 alice :- not shared\r\n");
+        for i in 0..RECENT - 1 {
+            note(
+                &mut recent,
+                format!(":x!u@h PRIVMSG #c :{i}\r\n").as_bytes(),
+            );
+        }
+        assert_eq!(recent.lines.len(), RECENT, "bounded, numerics not kept");
+        let mut d = recent.dedupe();
+        recent.seed(&mut d);
+        a(&mut d, YO);
+        d.cutover();
+        assert!(
+            dup(&mut d, HI_TAGGED),
+            "B's late copy of a line A sent before"
+        );
+        assert!(dup(&mut d, YO));
+        assert!(!dup(&mut d, HI), "once only");
+        // One more line pushes the oldest out of the window.
+        note(&mut recent, YO);
+        let mut d = recent.dedupe();
+        recent.seed(&mut d);
+        d.cutover();
+        assert!(!dup(&mut d, HI));
+        assert!(recent.heap_size() >= RECENT * 8);
+    }
+
+    #[test]
+    fn a_recent_line_seen_from_b_during_registration_is_not_hidden_again() {
+        let mut recent = Recent::default();
+        recent.note(&Message::parse(HI).unwrap(), untagged(HI));
+        let mut d = recent.dedupe();
+        recent.seed(&mut d);
+        b_early(&mut d, HI);
+        d.cutover();
         assert!(d.finished());
     }
 

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
-use self::dedupe::Dedupe;
+use self::dedupe::{Dedupe, Recent};
 use self::fixup::{Fix, Fixup};
 use self::message::{decode_line, irc_eq, line, text, untagged, Message};
 use self::observe::{bounce_target, Observer};
@@ -92,6 +92,8 @@ pub struct IrcSession {
     fixup: Option<Fixup>,
     reclaim: Option<Reclaim>,
     dedupe: Option<Dedupe>,
+    /// The current backend's last shared lines, for the next migration's dedupe.
+    recent: Recent,
     /// The backend sent `ERROR`: the close that follows is deliberate, not a lost server.
     backend_error: bool,
 }
@@ -118,6 +120,7 @@ impl IrcSession {
             fixup: None,
             reclaim: None,
             dedupe: None,
+            recent: Recent::default(),
             backend_error: false,
         }
     }
@@ -301,6 +304,7 @@ impl IrcSession {
         if let Some(m) = self.migration.as_mut().filter(|m| m.register.welcomed()) {
             m.dedupe.record_a(msg, untagged(frame));
         }
+        self.recent.note(msg, untagged(frame));
         self.observer.server_line(&mut self.snap, msg);
         Verdict::Forward
     }
@@ -377,7 +381,7 @@ impl SessionAdapter for IrcSession {
         let (register, send) = Register::start(&self.snap, self.linked, random_u64())?;
         self.migration = Some(Migration {
             register,
-            dedupe: Dedupe::default(),
+            dedupe: self.recent.dedupe(),
             joins_on_a: Vec::new(),
             flushed: false,
         });
@@ -395,8 +399,14 @@ impl SessionAdapter for IrcSession {
         };
         if m.register.welcomed() {
             m.dedupe.record_b_early(&msg, untagged(frame));
+            return m.register.on_line(&self.snap, &msg);
         }
-        m.register.on_line(&self.snap, &msg)
+        let step = m.register.on_line(&self.snap, &msg);
+        if m.register.welcomed() {
+            // From B's 001 the overlap counts A's lines; those just before count too.
+            self.recent.seed(&mut m.dedupe);
+        }
+        step
     }
 
     fn flush_mark(&mut self) -> Option<Bytes> {
@@ -478,6 +488,7 @@ impl SessionAdapter for IrcSession {
             + self.reclaim.as_ref().map_or(0, Reclaim::heap_size)
             + self.fixup.as_ref().map_or(0, |_| 256)
             + self.dedupe.as_ref().map_or(0, Dedupe::heap_size)
+            + self.recent.heap_size()
     }
 }
 

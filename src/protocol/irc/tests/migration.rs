@@ -390,3 +390,18 @@ fn a_failover_during_the_reclaim_can_still_leave_and_reclaims_anew() {
     );
     assert_eq!(s.can_migrate(), Ok(()));
 }
+
+/// Found by the soak: A delivered a line a moment before the migration began, the network
+/// relayed it to B's server only after B's JOIN, and the client saw it twice.
+#[test]
+fn a_line_a_delivered_just_before_the_migration_is_hidden_from_b() {
+    let mut s = registered_on_ngircd();
+    let before = ":bob!~bob@localhost PRIVMSG #test :just before";
+    assert_eq!(server(&mut s, before), Verdict::Forward);
+    let temp = migrate_up_to_cut(&mut s);
+    assert!(!temp.is_empty());
+    s.cutover();
+    assert_eq!(server(&mut s, before), Verdict::Hide, "B's late copy");
+    s.held_lines_done();
+    assert_eq!(server(&mut s, before), Verdict::Forward, "a new line now");
+}
