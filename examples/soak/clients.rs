@@ -40,6 +40,8 @@ pub struct Shared {
 pub struct Report {
     pub index: usize,
     pub channel: usize,
+    /// The client's own port, as handover's log names it (`client.addr`).
+    pub port: u16,
     /// Sequence numbers sent, with the send time (ms since the start).
     pub sent: Vec<(u64, u64)>,
     /// Per sender: the sequence numbers received, in arrival order.
@@ -86,6 +88,7 @@ async fn drive(
     shared: &Shared,
 ) -> Result<()> {
     let sock = TcpStream::connect(addr).await.context("connect")?;
+    report.port = sock.local_addr()?.port();
     let (rd, mut wr) = sock.into_split();
     let mut lines = BufReader::new(rd).lines();
     let me = nick(report.index);

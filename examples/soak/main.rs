@@ -93,6 +93,13 @@ async fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
     );
 
     let started = Instant::now();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!(
+        "soak: t = 0 is {:.3} s after the Unix epoch",
+        wall.as_secs_f64()
+    );
     let (phase_tx, phase_rx) = watch::channel(Phase::Ready);
     let shared = Arc::new(clients::Shared {
         started,

@@ -44,6 +44,8 @@ pub struct Summary {
     pub rss: Vec<(u64, u64)>,
     pub checks: Vec<Check>,
     pub info: Vec<(String, f64)>,
+    /// Unexplained losses and duplicates: (receiver, its port, sender, seq, sent ms, copies).
+    pub anomalies: Vec<(usize, u16, usize, u64, u64, u64)>,
 }
 
 impl Summary {
@@ -72,6 +74,7 @@ impl Summary {
             rss: rss.to_vec(),
             checks: Vec::new(),
             info: Vec::new(),
+            anomalies: Vec::new(),
         };
         for r in reports {
             s.sent += r.sent.len() as u64;
@@ -111,7 +114,8 @@ impl Summary {
         let mut lost_here = 0;
         for &(seq, ms) in &sender.sent {
             self.expected += 1;
-            match count.get(&seq).copied().unwrap_or(0) {
+            let copies = count.get(&seq).copied().unwrap_or(0);
+            match copies {
                 0 => {
                     lost_here += 1;
                     if explained(record, receiver.index, sender.index, ms) {
@@ -124,6 +128,12 @@ impl Summary {
                     self.delivered += 1;
                     self.duplicates += n - 1;
                 }
+            }
+            let unexplained = copies == 0 && !explained(record, receiver.index, sender.index, ms);
+            if (unexplained || copies > 1) && self.anomalies.len() < 200 {
+                let r = receiver.index;
+                self.anomalies
+                    .push((r, receiver.port, sender.index, seq, ms, copies));
             }
         }
         if lost_here > 0 {
@@ -343,13 +353,13 @@ pub fn markdown(args: &Args, s: &Summary, record: &Record) -> String {
             o,
             "| {} | {} | {} | {} |",
             c.what,
-            c.expected,
-            c.actual,
+            c.expected + 0.0,
+            c.actual + 0.0,
             if c.ok() { "yes" } else { "**no**" }
         );
     }
     for (what, v) in &s.info {
-        let _ = writeln!(o, "| {what} (information) | | {v} | |");
+        let _ = writeln!(o, "| {what} (information) | | {} | |", v + 0.0);
     }
     let _ = writeln!(o, "\n## handover's RSS over time\n");
     let _ = writeln!(o, "| t (s) | RSS (MiB) |\n|---|---|");
@@ -390,6 +400,24 @@ pub fn markdown(args: &Args, s: &Summary, record: &Record) -> String {
             k.moved.len(),
             slowest
         );
+    }
+    if !s.anomalies.is_empty() {
+        let _ = writeln!(o, "\n## Losses no SIGKILL explains, and duplicates\n");
+        let _ = writeln!(
+            o,
+            "Sent at t (ms since the start); `copies` 0 is a loss. The receiver's port finds its \
+             session in handover's log (`client.addr`).\n"
+        );
+        let _ = writeln!(
+            o,
+            "| receiver (port) | sender | seq | sent at t (ms) | copies |\n|---|---|---|---|---|"
+        );
+        for (r, port, snd, seq, ms, copies) in &s.anomalies {
+            let _ = writeln!(
+                o,
+                "| soak{r} ({port}) | soak{snd} | {seq} | {ms} | {copies} |"
+            );
+        }
     }
     if !s.disconnects.is_empty() {
         let _ = writeln!(o, "\n## Disconnects\n");
