@@ -191,7 +191,7 @@ async fn run(args: &Args, dir: &std::path::Path) -> Result<()> {
         &metrics_before_quit,
         &metrics_after_quit,
     );
-    let text = report::markdown(args, &summary, &record);
+    let text = report::with_preface(&args.report, report::markdown(args, &summary, &record));
     std::fs::write(&args.report, &text)
         .with_context(|| format!("writing {}", args.report.display()))?;
     eprintln!("{}", summary.headline());
