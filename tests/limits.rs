@@ -177,6 +177,16 @@ fn serve_with_fd_limit(
     (child, addr)
 }
 
+/// The proxy process, killed when the test ends, passed or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// CPU time (user + system) the process has used, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -200,7 +210,8 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
     let backend = EchoBackend::start().await;
     let dir = std::env::temp_dir().join(format!("handover-emfile-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (mut child, addr) = serve_with_fd_limit(64, backend.addr, &dir);
+    let (child, addr) = serve_with_fd_limit(64, backend.addr, &dir);
+    let child = KillOnDrop(child);
     // Each session takes two descriptors (client, backend): 64 runs out at about 25 sessions.
     // Open 80 connections; the kernel completes their handshakes (listen backlog) whether or
     // not the proxy can accept them.
@@ -223,7 +234,7 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
         working.len()
     );
     // Out of descriptors with clients still waiting: the proxy must not spin on accept.
-    let pid = child.id();
+    let pid = child.0.id();
     let (t0, ticks0) = (std::time::Instant::now(), cpu_ticks(pid));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let used = (cpu_ticks(pid) - ticks0) as f64 / clock_ticks_per_second() as f64;
@@ -256,8 +267,7 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
     let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
     let backoffs = log.matches("backing off").count();
     eprintln!("after recovery: {served} waiting clients served, fresh client ok: {fresh_ok}, {backoffs} back-off log lines");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(fresh_ok, "no recovery after clients closed; log:\n{log}");
     assert!(
         backoffs > 0,
