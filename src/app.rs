@@ -94,6 +94,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             migration: config.migration.clone(),
             shutdown: shutdown.clone(),
             failover_limiter: failover_limiter.clone(),
+            registration_timeout: Duration::from_millis(l.registration_timeout_ms),
+            client_stall_timeout: Duration::from_millis(l.client_stall_timeout_ms),
         });
         let task = ListenerTask {
             config: l.clone(),
@@ -101,6 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             protocol: Arc::from(protocol),
             tls,
             tracker: tracker.clone(),
+            per_ip: Default::default(),
         };
         tracker.spawn(task.run(socket));
     }

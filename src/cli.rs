@@ -200,6 +200,9 @@ pub struct ServeArgs {
     /// Where the admin API listens [default: 127.0.0.1:9797].
     #[arg(long, value_name = "ADDR", requires = "listen")]
     pub admin: Option<String>,
+    /// Allow the admin API on a non-loopback address without a token (admin.insecure).
+    #[arg(long)]
+    pub admin_insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -311,24 +314,24 @@ pub fn sentence(error: &anyhow::Error) -> String {
 impl ServeArgs {
     /// The config to serve: the file, or one listener built from the flags.
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        let insecure = self.admin_insecure;
         if let Some(path) = &self.config {
-            return config::load(path);
+            return config::load_with(path, |c| c.admin.insecure |= insecure);
         }
         let protocol = self.protocol.unwrap_or_default();
         let listen = self.listen.unwrap_or_default();
-        Config::from_flags(&protocol, &listen, &self.backends, self.admin.as_deref()).map_err(
-            |mut e| {
-                e.key = flag_for_key(&e.key).to_string();
-                e
-            },
-        )
+        let admin = self.admin.as_deref();
+        Config::from_flags(&protocol, &listen, &self.backends, admin, insecure).map_err(|mut e| {
+            e.key = flag_for_key(&e.key).to_string();
+            e
+        })
     }
 }
 
 /// Names the flag that set a config key, so a flag error points at what the user typed.
 fn flag_for_key(key: &str) -> &str {
     match key {
-        "admin.listen" => "--admin",
+        "admin.listen" | "admin.token_file" => "--admin",
         "listener[0].listen" => "--listen",
         "listener[0].name" | "listener[0].protocol" => "--protocol",
         k if k.starts_with("listener[0].backends") || k.starts_with("backend") => "--backend",
@@ -498,6 +501,41 @@ mod tests {
         assert_eq!(config.listener[0].backends, ["a", "b"]);
         assert_eq!(config.backend[1].address, "127.0.0.1:6669");
         assert_eq!(config.admin.listen, "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_the_insecure_flag() {
+        let flags = [
+            "--protocol",
+            "raw",
+            "--listen",
+            "127.0.0.1:1",
+            "--backend",
+            "a=127.0.0.1:2",
+            "--admin",
+            "0.0.0.0:0",
+        ];
+        let err = serve_args(&flags).into_config().unwrap_err();
+        assert_eq!(err.key, "--admin");
+        assert!(err.problem.contains("--admin-insecure"), "{err}");
+        let mut insecure = flags.to_vec();
+        insecure.push("--admin-insecure");
+        assert!(serve_args(&insecure).into_config().unwrap().admin.insecure);
+
+        let dir = std::env::temp_dir().join(format!("handover-cli-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("h.toml");
+        std::fs::write(
+            &file,
+            "[admin]\nlisten='0.0.0.0:0'\n[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nbackends=['x']\n[[backend]]\nname='x'\naddress='127.0.0.1:1'\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let err = serve_args(&["--config", path]).into_config().unwrap_err();
+        assert_eq!(err.key, "admin.token_file");
+        let ok = serve_args(&["--config", path, "--admin-insecure"]).into_config();
+        assert!(ok.unwrap().admin.insecure);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -65,6 +65,11 @@ pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: String,
     pub token_file: Option<PathBuf>,
+    /// Allows the admin API on a non-loopback address without a token. Anyone who can reach
+    /// it can then drain backends and move sessions; handover refuses to start that way
+    /// unless this says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 impl Default for AdminConfig {
@@ -72,6 +77,7 @@ impl Default for AdminConfig {
         Self {
             listen: default_admin_listen(),
             token_file: None,
+            insecure: false,
         }
     }
 }
@@ -105,6 +111,18 @@ pub struct ListenerConfig {
     /// How long a TLS handshake from a client may take.
     #[serde(default = "default_handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// Most sessions from one client address at once (0: no limit). Past it new connections
+    /// from that address are closed at once.
+    #[serde(default)]
+    pub max_sessions_per_ip: usize,
+    /// How long a client may take to complete its registration (IRC: the server's welcome)
+    /// before the session is closed. Protocols without a registration (raw) ignore it.
+    #[serde(default = "default_registration_timeout_ms")]
+    pub registration_timeout_ms: u64,
+    /// How long a client may leave what handover sends it unread, once the queue to it is full
+    /// and not a byte of it moves, before the session is closed.
+    #[serde(default = "default_client_stall_timeout_ms")]
+    pub client_stall_timeout_ms: u64,
 }
 
 fn default_protocol() -> String {
@@ -118,6 +136,12 @@ fn default_max_sessions() -> usize {
 }
 fn default_handshake_timeout_ms() -> u64 {
     10_000
+}
+fn default_registration_timeout_ms() -> u64 {
+    60_000
+}
+fn default_client_stall_timeout_ms() -> u64 {
+    120_000
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -273,16 +297,30 @@ impl Default for HealthConfig {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, |_| {})
+}
+
+/// Reads a config file, lets `adjust` apply command-line overrides, then validates.
+pub fn load_with(path: &Path, adjust: impl FnOnce(&mut Config)) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(&file, "(file)", format!("cannot read: {e}")))?;
-    parse(&text, &file)
+    parse_with(&text, &file, adjust)
 }
 
 /// Parses and validates config text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    parse_with(text, file, |_| {})
+}
+
+fn parse_with(
+    text: &str,
+    file: &str,
+    adjust: impl FnOnce(&mut Config),
+) -> Result<Config, ConfigError> {
     let mut config: Config = toml::from_str(text).map_err(|e| toml_error(file, e))?;
     config.source = file.to_string();
+    adjust(&mut config);
     config.validate()?;
     Ok(config)
 }
@@ -290,11 +328,15 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
 fn toml_error(file: &str, e: toml::de::Error) -> ConfigError {
     let message = e.message().to_string();
     // toml names unknown keys in its message; keep it as the problem.
-    let key = message
+    let key = match message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
-        .unwrap_or("(syntax)")
-        .to_string();
+    {
+        // An empty key (`"" = 1`) must still be named, as TOML writes it.
+        Some("") => "\"\"".to_string(),
+        Some(key) => key.to_string(),
+        None => "(syntax)".to_string(),
+    };
     let problem = match e.span() {
         Some(span) => format!("{message} (at byte {})", span.start),
         None => message,
@@ -309,6 +351,7 @@ impl Config {
         listen: &str,
         backends: &[(String, String)],
         admin: Option<&str>,
+        admin_insecure: bool,
     ) -> Result<Config, ConfigError> {
         let mut config = Config {
             admin: AdminConfig::default(),
@@ -323,6 +366,9 @@ impl Config {
                 irc_linked: None,
                 max_sessions: default_max_sessions(),
                 handshake_timeout_ms: default_handshake_timeout_ms(),
+                max_sessions_per_ip: 0,
+                registration_timeout_ms: default_registration_timeout_ms(),
+                client_stall_timeout_ms: default_client_stall_timeout_ms(),
             }],
             backend: backends
                 .iter()
@@ -341,6 +387,7 @@ impl Config {
         if let Some(admin) = admin {
             config.admin.listen = admin.to_string();
         }
+        config.admin.insecure = admin_insecure;
         config.validate()?;
         Ok(config)
     }
@@ -348,9 +395,24 @@ impl Config {
     /// Checks cross-references, addresses, protocols and TLS files.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let file = self.source.as_str();
-        parse_addr(file, "admin.listen", &self.admin.listen)?;
+        let admin = parse_addr(file, "admin.listen", &self.admin.listen)?;
         if let Some(path) = &self.admin.token_file {
             read_token(path).map_err(|p| ConfigError::new(file, "admin.token_file", p))?;
+        }
+        if !admin.ip().to_canonical().is_loopback()
+            && self.admin.token_file.is_none()
+            && !self.admin.insecure
+        {
+            return Err(ConfigError::new(
+                file,
+                "admin.token_file",
+                format!(
+                    "the admin API listens on {admin}, which is not loopback, and has no token: \
+                     anyone who reaches it could drain backends and move sessions; set \
+                     admin.token_file, or admin.insecure = true (serve --admin-insecure) to \
+                     allow it"
+                ),
+            ));
         }
         if self.listener.is_empty() {
             return Err(ConfigError::new(
@@ -419,6 +481,20 @@ impl Config {
                 protocol
                     .validate_backend(b)
                     .map_err(|p| ConfigError::new(file, format!("backend `{name}`"), p))?;
+            }
+            for (k, v) in [
+                ("max_sessions", l.max_sessions as u64),
+                ("handshake_timeout_ms", l.handshake_timeout_ms),
+                ("registration_timeout_ms", l.registration_timeout_ms),
+                ("client_stall_timeout_ms", l.client_stall_timeout_ms),
+            ] {
+                if v == 0 {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("{key}.{k}"),
+                        "must be greater than 0",
+                    ));
+                }
             }
             if let Some(tls) = &l.tls {
                 crate::net::tls::server_config(tls)
@@ -526,6 +602,8 @@ mod tests {
         assert_eq!(config.backend.len(), 3);
         assert_eq!(config.migration.max_concurrent, 16);
         assert!(config.listener[0].tls.is_some());
+        assert_eq!(config.listener[0].max_sessions_per_ip, 50);
+        assert_eq!(config.listener[0].registration_timeout_ms, 60_000);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -538,6 +616,20 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.file, "t.toml");
         assert_eq!(err.key, "bogus");
+    }
+
+    /// Found by `fuzz/fuzz_targets/config_parse.rs` (crash-a70f7267, the input `''=''`): the
+    /// error named an empty key, printing as `t.toml: : unknown field ...`.
+    #[test]
+    fn an_empty_key_is_still_named() {
+        for text in ["''=''", "\"\" = 1", "[admin]\n'' = 2"] {
+            let err = parse(text, "t.toml").unwrap_err();
+            assert_eq!(err.key, "\"\"", "{text}: {err}");
+            assert!(
+                err.to_string().starts_with("t.toml: \"\": unknown field"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -573,6 +665,67 @@ mod tests {
         let text = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nprotocol='raw'\nbackends=['x']\n[[backend]]\nname='x'\naddress='127.0.0.1:1'\nwebirc={password='p'}\n";
         let err = parse(text, "t.toml").unwrap_err();
         assert!(err.problem.contains("webirc"), "{err}");
+    }
+
+    const ONE_LISTENER: &str = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nbackends=['x']\n[[backend]]\nname='x'\naddress='127.0.0.1:1'\n";
+
+    #[test]
+    fn admin_off_loopback_needs_a_token_or_insecure() {
+        let open = format!("[admin]\nlisten='0.0.0.0:9797'\n{ONE_LISTENER}");
+        let err = parse(&open, "t.toml").unwrap_err();
+        assert_eq!(err.key, "admin.token_file");
+        assert!(err.problem.contains("admin.insecure"), "{err}");
+        assert!(err.problem.contains("0.0.0.0:9797"), "{err}");
+        let v6 = format!("[admin]\nlisten='[::]:9797'\n{ONE_LISTENER}");
+        assert_eq!(parse(&v6, "t.toml").unwrap_err().key, "admin.token_file");
+        // Explicitly insecure, a token, or loopback (v4, v6, v4-mapped) are all fine.
+        let insecure = format!("[admin]\nlisten='0.0.0.0:9797'\ninsecure=true\n{ONE_LISTENER}");
+        assert!(parse(&insecure, "t.toml").unwrap().admin.insecure);
+        let dir = std::env::temp_dir().join(format!("handover-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), "t0ken\n").unwrap();
+        let token = format!(
+            "[admin]\nlisten='0.0.0.0:9797'\ntoken_file='{}'\n{ONE_LISTENER}",
+            dir.join("token").display()
+        );
+        assert!(parse(&token, "t.toml").is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+        for lo in [
+            "127.0.0.1:9797",
+            "127.8.9.10:1",
+            "[::1]:9797",
+            "[::ffff:127.0.0.1]:9797",
+        ] {
+            let text = format!("[admin]\nlisten='{lo}'\n{ONE_LISTENER}");
+            assert!(parse(&text, "t.toml").is_ok(), "{lo}");
+        }
+        // The command-line override applies before validation.
+        let fixed = parse_with(&open, "t.toml", |c| c.admin.insecure = true);
+        assert!(fixed.is_ok());
+    }
+
+    #[test]
+    fn listener_limits_must_be_positive() {
+        for key in [
+            "max_sessions",
+            "handshake_timeout_ms",
+            "registration_timeout_ms",
+            "client_stall_timeout_ms",
+        ] {
+            let text = ONE_LISTENER.replace("backends=['x']", &format!("backends=['x']\n{key}=0"));
+            let err = parse(&text, "t.toml").unwrap_err();
+            assert_eq!(err.key, format!("listener[0].{key}"));
+        }
+        let text = ONE_LISTENER.replace(
+            "backends=['x']",
+            "backends=['x']\nmax_sessions_per_ip=0\nregistration_timeout_ms=5000",
+        );
+        let l = &parse(&text, "t.toml").unwrap().listener[0];
+        assert_eq!(
+            (l.max_sessions_per_ip, l.registration_timeout_ms),
+            (0, 5000)
+        );
+        assert_eq!(l.client_stall_timeout_ms, 120_000);
     }
 
     #[test]

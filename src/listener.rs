@@ -2,8 +2,9 @@
 //! the backend choice and connect all run in the spawned task, under timeouts, so one slow
 //! client never holds up the others.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +25,27 @@ pub struct ListenerTask {
     pub protocol: Arc<dyn Protocol>,
     pub tls: Option<TlsAcceptor>,
     pub tracker: TaskTracker,
+    /// Sessions per client address, for `max_sessions_per_ip`; an address leaves the map
+    /// with its last session.
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One session's share of its client address's count; given back on drop.
+struct IpSlot {
+    task: Arc<ListenerTask>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.task.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl ListenerTask {
@@ -51,8 +73,16 @@ impl ListenerTask {
                         );
                         continue;
                     };
+                    let Some(slot) = this.ip_slot(addr.ip()) else {
+                        this.refuse(
+                            addr,
+                            "max_sessions_per_ip",
+                            "the client address holds max_sessions_per_ip already",
+                        );
+                        continue;
+                    };
                     let task = this.clone();
-                    this.tracker.spawn(task.serve(tcp, addr, permit));
+                    this.tracker.spawn(task.serve(tcp, addr, (permit, slot)));
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
                     // Out of file descriptors: back off instead of spinning on accept.
@@ -63,6 +93,25 @@ impl ListenerTask {
                 Err(e) => debug!(listener = %this.config.name, error = %e, "accept failed"),
             }
         }
+    }
+
+    /// Counts a session against its address, or `None` when the address is at its limit.
+    fn ip_slot(self: &Arc<Self>, ip: IpAddr) -> Option<Option<IpSlot>> {
+        let limit = self.config.max_sessions_per_ip;
+        if limit == 0 {
+            return Some(None);
+        }
+        let ip = ip.to_canonical();
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Some(IpSlot {
+            task: self.clone(),
+            ip,
+        }))
     }
 
     fn refuse(&self, addr: SocketAddr, label: &'static str, why: &str) {
@@ -82,10 +131,10 @@ impl ListenerTask {
         self: Arc<Self>,
         tcp: TcpStream,
         addr: SocketAddr,
-        permit: OwnedSemaphorePermit,
+        slots: (OwnedSemaphorePermit, Option<IpSlot>),
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move {
-            let _permit = permit;
+            let _slots = slots;
             let Some((client, backend, backend_config)) = Box::pin(self.set_up(tcp, addr)).await
             else {
                 return;

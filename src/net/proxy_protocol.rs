@@ -1,7 +1,7 @@
 //! PROXY protocol v1 (text) and v2 (binary) headers, so a backend sees the client's address.
 //! Pure functions, unit-tested against the byte layouts of the haproxy spec.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::ProxyProtocol;
 
@@ -11,10 +11,29 @@ const V2_SIGNATURE: [u8; 12] = [
 
 /// The header to write first on a backend link, or `None` when none is configured.
 pub fn header(kind: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> Option<Vec<u8>> {
+    let (client, local) = same_family(client, local);
     match kind {
         ProxyProtocol::None => None,
         ProxyProtocol::V1 => Some(v1(client, local)),
         ProxyProtocol::V2 => Some(v2(client, local)),
+    }
+}
+
+/// Both addresses in one family, so the header can always carry the client's address: IPv4
+/// when both are IPv4 or IPv4-mapped (a dual-stack listener sees IPv4 clients as
+/// `::ffff:a.b.c.d`), else IPv6 with an IPv4 side mapped. A header of mixed families cannot be
+/// written, and `UNKNOWN` would hide the client's address from the backend.
+fn same_family(client: SocketAddr, local: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (client, local) = (canonical(client), canonical(local));
+    let v6 = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(ip) => SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), a.port()),
+        IpAddr::V6(_) => a,
+    };
+    if client.is_ipv4() == local.is_ipv4() {
+        (client, local)
+    } else {
+        (v6(client), v6(local))
     }
 }
 
@@ -94,10 +113,37 @@ mod tests {
             "[::1]:2".parse().unwrap(),
         );
         assert_eq!(h, b"PROXY TCP6 2001:db8::1 ::1 1 2\r\n");
+    }
+
+    /// Found by `fuzz/fuzz_targets/proxy_header.rs` (crash-8430fbf1): an IPv4 client with an
+    /// IPv4-mapped local address got `PROXY UNKNOWN`, hiding the client from the backend.
+    #[test]
+    fn mixed_families_still_carry_the_client() {
+        let v1h = |c: &str, l: &str| {
+            header(ProxyProtocol::V1, c.parse().unwrap(), l.parse().unwrap()).unwrap()
+        };
         assert_eq!(
-            v1("1.2.3.4:1".parse().unwrap(), "[::1]:2".parse().unwrap()),
-            b"PROXY UNKNOWN\r\n"
+            v1h("13.13.13.13:8", "[::ffff:21.8.0.0]:0"),
+            b"PROXY TCP4 13.13.13.13 21.8.0.0 8 0\r\n"
         );
+        // A dual-stack listener: IPv4 clients arrive mapped, the backend link is IPv4.
+        assert_eq!(
+            v1h("[::ffff:203.0.113.7]:5555", "127.0.0.1:6667"),
+            b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 6667\r\n"
+        );
+        // Really mixed: the IPv4 side is mapped into IPv6.
+        assert_eq!(
+            v1h("1.2.3.4:1", "[::1]:2"),
+            b"PROXY TCP6 ::ffff:1.2.3.4 ::1 1 2\r\n"
+        );
+        let v2h = header(
+            ProxyProtocol::V2,
+            "[::ffff:198.51.100.23]:40000".parse().unwrap(),
+            "127.0.0.1:6681".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!((v2h[13], v2h.len()), (0x11, 28));
+        assert_eq!(&v2h[16..20], &[198, 51, 100, 23]);
     }
 
     #[test]

@@ -107,6 +107,13 @@ pub trait SessionAdapter: Send + 'static {
     /// Sees every frame in both directions while forwarding; keeps the snapshot current.
     fn observe(&mut self, dir: Direction, frame: &Bytes) -> Verdict;
 
+    /// False until the client has completed its registration (IRC: the server's welcome);
+    /// a session that stays unregistered past `registration_timeout_ms` is closed. Protocols
+    /// without a registration keep the default.
+    fn registered(&self) -> bool {
+        true
+    }
+
     /// The IRC nick or OSCAR screen name, for `GET /sessions`.
     fn identity(&self) -> Option<String> {
         None
@@ -121,6 +128,14 @@ pub trait SessionAdapter: Send + 'static {
     /// A clean refusal when this session cannot be moved now (counted, never attempted).
     fn can_migrate(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Whether the session could be re-created on another backend at all, once its backend is
+    /// gone. Unlike [`SessionAdapter::can_migrate`] it ignores what only makes a move wait (a
+    /// failover cannot wait for the old backend); a refusal closes the client, since nothing
+    /// else could ever take the session.
+    fn can_fail_over(&self) -> Result<(), String> {
+        self.can_migrate()
     }
 
     /// Bytes written to a fresh backend link before anything else, e.g. IRC `WEBIRC`.

@@ -17,7 +17,7 @@ use tokio::io::AsyncWrite;
 use crate::net::{poll_read_into, Stream};
 
 /// How much one read asks for.
-const READ_CHUNK: usize = 32 * 1024;
+pub const READ_CHUNK: usize = 32 * 1024;
 /// How many queued frames one vectored write takes.
 const MAX_SLICES: usize = 16;
 

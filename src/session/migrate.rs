@@ -83,8 +83,11 @@ pub(super) async fn poll(m: &mut Option<Box<Migration>>) -> MigrationEvent {
             let (result, permit) = fut.await;
             MigrationEvent::Connected(result, permit)
         }
-        Phase::Registering { link, .. } if link.pollable(true) => {
-            MigrationEvent::Io(link.io(true).await)
+        Phase::Registering { link, .. } if link.pollable(link.out_len() < OUT_LIMIT) => {
+            // B's replies (PONGs to its PINGs) queue up for B: stop reading B while it does not
+            // take them, or a B that floods PINGs and never reads grows the queue unbounded.
+            let read = link.out_len() < OUT_LIMIT;
+            MigrationEvent::Io(link.io(read).await)
         }
         Phase::Flushing { link, .. } if link.pollable(read_ok) => {
             MigrationEvent::Io(link.io(read_ok).await)
@@ -179,7 +182,17 @@ impl Session {
         if self.client_done {
             return refuse(self, "the client is closing".into(), reply);
         }
-        if let Err(why) = self.adapter.can_migrate() {
+        let failing_over = self.backend.is_none();
+        let allowed = if failing_over {
+            self.adapter.can_fail_over()
+        } else {
+            self.adapter.can_migrate()
+        };
+        if let Err(why) = allowed {
+            if failing_over {
+                // Still bounded: `retry_failover` closes the client after failover_timeout_ms.
+                self.retry_at = Some(Instant::now() + FAILOVER_RETRY);
+            }
             return refuse(self, why, reply);
         }
         let target = match self.ctx.registry.reserve(

@@ -26,7 +26,21 @@ use link::{IoEvent, Link};
 use migrate::Migration;
 
 /// Most bytes queued towards one side before the other side stops being read.
-const OUT_LIMIT: usize = 64 * 1024;
+pub const OUT_LIMIT: usize = 64 * 1024;
+
+/// The most bytes of buffers one session can hold, for a protocol whose longest frame is
+/// `max_frame` bytes (IRC: 8191 + 512), with `inflight_limit` the migration's
+/// `inflight_limit_bytes`. Each link (client, backend, and a second backend during a migration)
+/// has a read buffer of at most one read plus a partial frame, and an outgoing queue of at most
+/// [`OUT_LIMIT`] plus one read's worth (reading stops at the limit, after the read that crossed
+/// it); the in-flight queue and the new backend's held output are bounded the same way. Memory
+/// is this times the sessions held, plus a few KiB of fixed state per session; an idle session
+/// holds no buffers at all.
+pub fn max_buffered_bytes(inflight_limit: usize, max_frame: usize) -> usize {
+    let read_buffer = link::READ_CHUNK + max_frame;
+    let queue = OUT_LIMIT + link::READ_CHUNK;
+    3 * (read_buffer + queue) + (inflight_limit + link::READ_CHUNK) + queue
+}
 
 /// What the rest of the program can ask of a session.
 pub enum SessionCommand {
@@ -163,6 +177,10 @@ pub enum CloseReason {
     Shutdown,
     Admin,
     Io(String),
+    /// The client did not complete its registration within `registration_timeout_ms`.
+    RegistrationTimeout,
+    /// The client left a full queue of output unread for `client_stall_timeout_ms`.
+    ClientStalled,
 }
 
 impl CloseReason {
@@ -188,6 +206,8 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Admin => "admin",
             CloseReason::Io(_) => "io_error",
+            CloseReason::RegistrationTimeout => "registration_timeout",
+            CloseReason::ClientStalled => "client_stalled",
         }
     }
 }
@@ -201,6 +221,10 @@ pub struct SessionCtx {
     pub shutdown: CancellationToken,
     /// Bounds failovers in flight, so a dead backend's sessions reach the next one paced.
     pub failover_limiter: Arc<tokio::sync::Semaphore>,
+    /// The listener's `registration_timeout_ms`.
+    pub registration_timeout: Duration,
+    /// The listener's `client_stall_timeout_ms`.
+    pub client_stall_timeout: Duration,
 }
 
 pub struct Session {
@@ -232,6 +256,24 @@ pub struct Session {
     pending_reply: Option<oneshot::Sender<MigrationResult>>,
     /// The client link's (read, written) totals already added to `handover_bytes_total`.
     counted_bytes: (u64, u64),
+    /// The client limit being watched (registration, then stalls).
+    watch: Watch,
+}
+
+/// The one client limit a session watches at a time, in one small field: until the client
+/// has registered, the registration deadline (which bounds everything before it); after, a
+/// queue to the client that stays full without a byte written.
+#[derive(Debug, Clone, Copy)]
+enum Watch {
+    Nothing,
+    /// Closed with `registration_timeout` at this instant unless the adapter reports the
+    /// client registered.
+    Register(Instant),
+    /// The queue to the client has been full since `since`, with `written` bytes written.
+    Stall {
+        since: Instant,
+        written: u64,
+    },
 }
 
 /// Runs a session on an established backend link until it ends.
@@ -272,6 +314,10 @@ pub fn run(
     if let Some(prelude) = adapter.backend_prelude(backend_config, &client_info) {
         backend.push(prelude);
     }
+    let watch = match adapter.registered() {
+        true => Watch::Nothing,
+        false => Watch::Register(Instant::now() + ctx.registration_timeout),
+    };
     let session = Session {
         id,
         client: Link::new(client),
@@ -291,6 +337,7 @@ pub fn run(
         retry_at: None,
         pending_reply: None,
         counted_bytes: (0, 0),
+        watch,
         ctx,
     };
     let span = tracing::info_span!("session", session.id = id, listener = %session.ctx.listener, client.addr = %client_addr);
@@ -336,10 +383,13 @@ impl Session {
             .migration
             .as_ref()
             .and_then(|m| m.deadline())
+            .or(self.settling.as_ref().map(|(_, until)| *until))
             .or(self.retry_at);
+        let limit = self.limit_deadline();
         let shutdown = self.ctx.shutdown.clone();
+        // Not `biased`: a peer that is always ready (a flooding backend or client) must not
+        // starve the other branches, the migration's progress and its deadlines among them.
         tokio::select! {
-            biased;
             _ = shutdown.cancelled() => Some(CloseReason::Shutdown),
             cmd = self.cmds.recv() => match cmd {
                 SessionCommand::Migrate { to, reason, reply } => {
@@ -355,7 +405,52 @@ impl Session {
                 self.on_deadline();
                 None
             },
+            _ = sleep_until_opt(limit), if limit.is_some() => self.limit_reached(),
         }
+    }
+
+    /// When the watched client limit runs out.
+    fn limit_deadline(&self) -> Option<Instant> {
+        match self.watch {
+            Watch::Nothing => None,
+            Watch::Register(by) => Some(by),
+            Watch::Stall { since, .. } => Some(since + self.ctx.client_stall_timeout),
+        }
+    }
+
+    /// A limit's deadline passed: close the session if it still applies.
+    fn limit_reached(&mut self) -> Option<CloseReason> {
+        let expired = self.limit_deadline().is_some_and(|at| at <= Instant::now());
+        match self.watch {
+            _ if !expired => None,
+            Watch::Nothing => None,
+            Watch::Register(_) => Some(CloseReason::RegistrationTimeout),
+            Watch::Stall { .. } => Some(CloseReason::ClientStalled),
+        }
+    }
+
+    /// Keeps the watched limit current after an event.
+    fn track_limits(&mut self) {
+        if let Watch::Register(_) = self.watch {
+            if !self.adapter.registered() {
+                // The registration deadline bounds everything before it, stalls included.
+                return;
+            }
+            self.watch = Watch::Nothing;
+        }
+        // Stalled: the queue to the client is full (so the backend is no longer read) and not
+        // a byte of it was written since the queue filled.
+        let now_written = self.client.written_total;
+        self.watch = match self.watch {
+            _ if self.client.out_len() < OUT_LIMIT => Watch::Nothing,
+            Watch::Stall { since, written } if written == now_written => {
+                Watch::Stall { since, written }
+            }
+            _ => Watch::Stall {
+                since: Instant::now(),
+                written: now_written,
+            },
+        };
     }
 
     fn want_client_read(&self) -> bool {
@@ -535,6 +630,14 @@ impl Session {
         if !self.adapter.failover_on_close() {
             return Some(CloseReason::Backend);
         }
+        if self.migration.is_none() {
+            if let Err(refusal) = self.adapter.can_fail_over() {
+                // Nothing could ever take the session: the client sees the close at once, as
+                // it would without a proxy, rather than a socket that neither works nor ends.
+                info!(backend = %self.backend_name, why, refusal = %refusal, "backend lost; the session cannot fail over");
+                return Some(CloseReason::Backend);
+            }
+        }
         info!(backend = %self.backend_name, why, "backend lost; failing over");
         // A migration still settling is over: its queue goes into the dead link's unsent
         // frames, which come back below.
@@ -578,6 +681,7 @@ impl Session {
 
     fn after_event(&mut self) -> Option<CloseReason> {
         self.finish_settling(false);
+        self.track_limits();
         if self
             .migration
             .as_ref()
@@ -686,6 +790,8 @@ mod footprint {
             migration: config.migration.clone(),
             shutdown: CancellationToken::new(),
             failover_limiter: Arc::new(tokio::sync::Semaphore::new(1)),
+            registration_timeout: Duration::from_millis(config.listener[0].registration_timeout_ms),
+            client_stall_timeout: Duration::from_millis(config.listener[0].client_stall_timeout_ms),
         });
         let adapter = crate::protocol::lookup("irc", &config.listener[0])
             .unwrap()
@@ -699,7 +805,7 @@ mod footprint {
             adapter,
         );
         let bytes = size(&fut);
-        assert!(bytes <= 1200, "a session's future is {bytes} bytes");
+        assert!(bytes <= 1216, "a session's future is {bytes} bytes");
         let irc = std::mem::size_of::<crate::protocol::irc::IrcSession>();
         assert!(irc <= 512, "the IRC adapter is {irc} bytes");
     }

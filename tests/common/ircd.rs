@@ -46,6 +46,12 @@ pub const REFUSE_PASSWORD: &str = "refuse-bypass";
 /// IRC operator credentials (`OPER admin adminpass`) on every server.
 pub const OPER_NAME: &str = "admin";
 pub const OPER_PASSWORD: &str = "adminpass";
+/// ngircd's `MaxConnections`. Not 0 (unlimited): ngircd keeps its connections in one array
+/// indexed by socket, starts it at this size (100 when unlimited) and reallocs it when a
+/// socket number passes the end; the realloc moves the zlib streams of the compressed server
+/// link, zlib then refuses them ("Compression error: code -2") and the A<->B link drops. With
+/// room for every socket up front the array never moves.
+pub const NGIRCD_MAX_CONNECTIONS: usize = 4096;
 /// How long `start`/`restart_*` wait for the servers to accept clients and link.
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -359,7 +365,7 @@ impl IrcNetwork {
                      \tServerUID = 0\n\
                      \tServerGID = 0\n\
                      [Limits]\n\
-                     \tMaxConnections = 0\n\
+                     \tMaxConnections = {max_connections}\n\
                      \tMaxConnectionsIP = 0\n\
                      \tMaxJoins = 0\n\
                      \tMaxPenaltyTime = 0\n\
@@ -385,6 +391,7 @@ impl IrcNetwork {
                      \tPassive = {passive}\n",
                     name = me.name,
                     port = me.client_port,
+                    max_connections = NGIRCD_MAX_CONNECTIONS,
                     webirc = WEBIRC_PASSWORD,
                     oper = OPER_NAME,
                     operpass = OPER_PASSWORD,

@@ -2,7 +2,10 @@
 //! only some of them.
 #![allow(dead_code)]
 pub mod fake;
+pub mod fake_irc;
 pub mod irc_chat;
+pub mod irc_client;
 pub mod ircd;
 pub mod prometheus;
 pub mod proxy;
+pub mod rss;

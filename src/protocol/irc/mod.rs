@@ -339,6 +339,17 @@ impl SessionAdapter for IrcSession {
         self.reclaim.is_none() && self.fixup.is_none()
     }
 
+    fn registered(&self) -> bool {
+        self.snap.registered()
+    }
+
+    /// A failover may leave a backend while the previous migration still settles on it: the
+    /// cut replaces a pending reclaim and fixup. Only a session that can't be re-created at
+    /// all (not registered, quitting, unreplayable SASL) can't fail over.
+    fn can_fail_over(&self) -> Result<(), String> {
+        self.replayable()
+    }
+
     fn can_migrate(&self) -> Result<(), String> {
         if self.reclaim.is_some() {
             return Err("the previous migration is still taking the nick back".into());

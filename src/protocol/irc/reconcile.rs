@@ -27,6 +27,9 @@ pub struct Reclaim {
     /// `user@host` on B, for the NICK line shown when giving up.
     userhost: String,
     tries: u8,
+    /// The old link's QUIT was answered: it frees the nick once, so later ones (a hostile B
+    /// repeating it) are hidden, not each answered with a `NICK` that B may never read.
+    quit_answered: bool,
 }
 
 /// What a B line means for the reclaim.
@@ -54,6 +57,7 @@ impl Reclaim {
             temp: temp.to_string(),
             userhost: userhost.unwrap_or("handover@handover.invalid").to_string(),
             tries: 1,
+            quit_answered: false,
         };
         let nick = reclaim.nick_line();
         (reclaim, nick)
@@ -71,6 +75,9 @@ impl Reclaim {
     pub fn on_line(&mut self, msg: &Message, frame: &[u8], shared_channels: bool) -> Step {
         let source = msg.source_nick().unwrap_or_default();
         if msg.is("QUIT") && msg.from_user() && irc_eq(source, self.real.as_bytes()) {
+            if std::mem::replace(&mut self.quit_answered, true) {
+                return Step::Hide;
+            }
             return Step::Reply(self.nick_line());
         }
         if msg.is("NICK") && msg.from_user() && irc_eq(source, self.temp.as_bytes()) {
@@ -178,6 +185,17 @@ mod tests {
         assert_eq!(s, Step::Reply(Bytes::from_static(b"NICK alice\r\n")));
         let other = step(&mut r, b":bob!~bob@localhost QUIT :bye\r\n", true);
         assert_eq!(other, Step::Pass);
+    }
+
+    #[test]
+    fn the_old_quit_is_answered_once_however_often_it_comes() {
+        let mut r = reclaim();
+        let quit = b":alice!~alice@localhost QUIT :Quit: Changing servers\r\n";
+        assert!(matches!(step(&mut r, quit, true), Step::Reply(_)));
+        // A backend repeating it must not make handover queue a NICK per line.
+        for _ in 0..1000 {
+            assert_eq!(step(&mut r, quit, true), Step::Hide);
+        }
     }
 
     #[test]
