@@ -712,3 +712,39 @@ fn wait_query() {
     assert!(!wait_requested(Some("wait=false")).unwrap());
     assert!(wait_requested(Some("wait=yes")).is_err());
 }
+
+/// The admin listener is no proxy and no file server: `CONNECT`, absolute-form URIs naming
+/// another host, and paths that climb out with `..` (plain or percent-encoded) get an API
+/// answer (404/405), never a connection to that host or a file's bytes.
+#[tokio::test]
+async fn the_admin_api_reaches_no_other_host_and_reads_no_file() {
+    let victim = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = victim.local_addr().unwrap();
+    let srv = TestServer::start(None).await;
+    let requests = [
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"),
+        format!("GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"),
+        format!("GET http://{target}/x HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"),
+        "GET /../../../../etc/passwd HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".into(),
+        "GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".into(),
+        "GET /backends/..%2F..%2F..%2Fetc%2Fpasswd HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            .into(),
+        "GET /metrics/../../etc/passwd HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".into(),
+        "GET file:///etc/passwd HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".into(),
+    ];
+    for request in &requests {
+        let answer = raw(srv.addr, request.as_bytes()).await;
+        let status = answer.split(' ').nth(1).unwrap_or_default();
+        assert!(
+            ["400", "404", "405"].contains(&status),
+            "{request:?} got {answer:?}"
+        );
+        assert!(
+            !answer.contains("root:"),
+            "{request:?} read a file: {answer}"
+        );
+    }
+    let reached = tokio::time::timeout(Duration::from_millis(300), victim.accept()).await;
+    assert!(reached.is_err(), "the admin API connected to {target}");
+    srv.stop().await;
+}
