@@ -211,7 +211,8 @@ fn check_received_allowing_bounces(rc: &ChatResult, d: &ChatSpec, rd: &ChatResul
         let missing = (want.len() - got.len()) as u64;
         ensure!(
             missing == bounced,
-            "private: {missing} missing but {bounced} bounced to D\n{}",
+            "private: {missing} missing but {bounced} bounced to D\nC: {}\nD: {}",
+            rc.describe(),
             rd.describe()
         );
         ensure!(

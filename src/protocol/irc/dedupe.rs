@@ -17,12 +17,19 @@
 //! the session signalled `held_lines_done` (B may still deliver, late, a line A already
 //! delivered: the server links do not order messages of different origins the same way), or
 //! after [`MAX_ENTRIES`] + [`TAIL`] B lines in all, as a safety bound. Keys are 64-bit hashes
-//! with a per-session random key, so memory is 16 bytes per entry and lines can't be crafted to
-//! collide.
+//! with a random key (drawn once per process, secret), so memory is 16 bytes per entry and
+//! lines can't be crafted to collide.
+//!
+//! **The overlap starts before B's 001**: a message A delivered a moment before the migration
+//! can still be on its way to B's server and reach it after B's JOIN (ngircd buffers its
+//! compressed server links for tens of milliseconds), so B delivers it too. [`Recent`] keeps the
+//! last [`RECENT`] shared lines of the current backend, inline and without a heap allocation
+//! (an idle session must stay small), and they count as A's lines from B's 001.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::OnceLock;
 
 use super::message::{is_channel, Message};
 
@@ -30,10 +37,50 @@ use super::message::{is_channel, Message};
 pub const MAX_ENTRIES: usize = 4096;
 /// Non-duplicate shared B lines after the held lines before deduping stops.
 pub const TAIL: u32 = 32;
+/// Shared lines of the current backend remembered for the next migration's overlap.
+pub const RECENT: usize = 8;
+
+/// The process's secret hash key for line keys.
+fn key_of(untagged: &[u8]) -> u64 {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    KEYS.get_or_init(RandomState::new).hash_one(untagged)
+}
+
+/// The last [`RECENT`] shared lines the current backend forwarded, as keys: a ring in place.
+#[derive(Debug, Default)]
+pub struct Recent {
+    keys: [u64; RECENT],
+    /// The slot the next line takes.
+    next: u8,
+    /// Slots in use.
+    len: u8,
+}
+
+impl Recent {
+    /// A line the current backend forwarded to the client.
+    pub fn note(&mut self, msg: &Message, untagged: &[u8]) {
+        if !is_shared(msg) {
+            return;
+        }
+        self.keys[usize::from(self.next)] = key_of(untagged);
+        self.next = (self.next + 1) % RECENT as u8;
+        self.len = (self.len + 1).min(RECENT as u8);
+    }
+
+    fn filled(&self) -> &[u64] {
+        &self.keys[..usize::from(self.len)]
+    }
+
+    /// Counts the remembered lines into `dedupe` as if A had forwarded them in the overlap.
+    pub fn seed(&self, dedupe: &mut Dedupe) {
+        for key in self.filled() {
+            dedupe.add_a(*key);
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Dedupe {
-    keys: RandomState,
     counts: HashMap<u64, i32>,
     /// Sum of the positive counts: lines A sent that B has not.
     pending: usize,
@@ -46,7 +93,6 @@ pub struct Dedupe {
 impl Default for Dedupe {
     fn default() -> Self {
         Self {
-            keys: RandomState::new(),
             counts: HashMap::new(),
             pending: 0,
             cut: false,
@@ -60,10 +106,16 @@ impl Default for Dedupe {
 impl Dedupe {
     /// A line A forwarded to the client during the overlap.
     pub fn record_a(&mut self, msg: &Message, untagged: &[u8]) {
-        if self.cut || !is_shared(msg) {
+        if !is_shared(msg) {
             return;
         }
-        let key = self.keys.hash_one(untagged);
+        self.add_a(key_of(untagged));
+    }
+
+    fn add_a(&mut self, key: u64) {
+        if self.cut {
+            return;
+        }
         if !self.counts.contains_key(&key) && self.counts.len() >= MAX_ENTRIES {
             return;
         }
@@ -94,7 +146,7 @@ impl Dedupe {
         if !is_shared(msg) {
             return false;
         }
-        let key = self.keys.hash_one(untagged);
+        let key = key_of(untagged);
         if let Some(count) = self.counts.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
@@ -270,6 +322,51 @@ mod tests {
         );
         assert!(!dup(&mut d, YO));
         assert!(d.finished());
+    }
+
+    /// Found by the soak: a message A delivered just before the migration reached B's server
+    /// after B's JOIN, and the client saw it twice.
+    #[test]
+    fn recent_a_lines_count_in_the_next_overlap() {
+        let note =
+            |r: &mut Recent, line: &[u8]| r.note(&Message::parse(line).unwrap(), untagged(line));
+        let mut recent = Recent::default();
+        note(&mut recent, HI);
+        note(&mut recent, b":a.irc.test 372 alice :- not shared\r\n");
+        assert_eq!(recent.filled().len(), 1, "numerics are not kept");
+        for i in 0..RECENT - 1 {
+            note(
+                &mut recent,
+                format!(":x!u@h PRIVMSG #c :{i}\r\n").as_bytes(),
+            );
+        }
+        assert_eq!(recent.filled().len(), RECENT);
+        let mut d = Dedupe::default();
+        recent.seed(&mut d);
+        a(&mut d, YO);
+        d.cutover();
+        assert!(
+            dup(&mut d, HI_TAGGED),
+            "B's late copy of a line A sent before"
+        );
+        assert!(dup(&mut d, YO));
+        assert!(!dup(&mut d, HI), "once only");
+        // One more line pushes the oldest out of the ring, however long it runs.
+        for round in 0..3 * RECENT {
+            note(
+                &mut recent,
+                format!(":y!u@h PRIVMSG #c :{round}\r\n").as_bytes(),
+            );
+            assert_eq!(recent.filled().len(), RECENT);
+        }
+        let mut d = Dedupe::default();
+        recent.seed(&mut d);
+        d.cutover();
+        assert!(!dup(&mut d, HI));
+        assert!(dup(
+            &mut d,
+            format!(":y!u@h PRIVMSG #c :{}\r\n", 3 * RECENT - 1).as_bytes()
+        ));
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
-use self::dedupe::Dedupe;
+use self::dedupe::{Dedupe, Recent};
 use self::fixup::{Fix, Fixup};
 use self::message::{decode_line, irc_eq, line, untagged, Message};
 use self::observe::{bounce_target, Observer};
@@ -90,10 +90,11 @@ pub struct IrcSession {
     // The migration-time parts are boxed: most sessions never migrate, and an idle session
     // should carry only its snapshot.
     migration: Option<Box<Migration>>,
-    flush_token: Option<String>,
     fixup: Option<Box<Fixup>>,
     reclaim: Option<Box<Reclaim>>,
     dedupe: Option<Box<Dedupe>>,
+    /// The current backend's last shared lines, counted as A's in the next overlap.
+    recent: Recent,
     /// The backend sent `ERROR`: the close that follows is deliberate, not a lost server.
     backend_error: bool,
     /// The temporary nick of an aborted migration: the network may still relay its lines
@@ -109,6 +110,61 @@ struct Migration {
     /// We sent the old link its QUIT (a drain or move); false in a failover, where the old
     /// server is gone and the network has dropped the nick already (or will, by netsplit).
     detached: bool,
+    /// Rejoined channels whose JOIN of the temporary nick on B the old link has relayed.
+    joins_on_a: Vec<String>,
+    /// The flush mark's token, until A answers it.
+    flush_token: Option<String>,
+    /// A answered the flush mark; the flush ends once it has relayed every rejoin too.
+    pong_seen: bool,
+}
+
+impl Migration {
+    /// Notes a line the old link relays from the temporary nick: its JOIN of a rejoined
+    /// channel. True when it was one.
+    fn note_join_on_a(&mut self, msg: &Message) -> bool {
+        let temp = self.register.nick();
+        let ours = msg.is("JOIN")
+            && msg.from_user()
+            && msg
+                .source_nick()
+                .is_some_and(|n| irc_eq(n, temp.as_bytes()));
+        if !ours {
+            return false;
+        }
+        let chan = msg.param(0).unwrap_or_default();
+        let known = self.joins_on_a.iter().any(|c| irc_eq(c.as_bytes(), chan));
+        if !known && self.register.rejoined().any(|c| irc_eq(c.as_bytes(), chan)) {
+            self.joins_on_a
+                .push(String::from_utf8_lossy(chan).into_owned());
+        }
+        true
+    }
+
+    /// Until the old link has relayed the temporary nick's JOIN on B for a channel, the
+    /// network may route that channel's messages to A alone (the JOIN has not reached the
+    /// sender's server yet), and A may deliver them after its answer to the flush mark:
+    /// cutting at the PONG would lose them. Server links are FIFO and the network a tree, so
+    /// once A relays the JOIN, every message routed without B has reached A before it.
+    /// Channels the client has left meanwhile don't count; on independent servers (the nick
+    /// is used as is) there is nothing to wait for.
+    fn a_relayed_every_join(&self, snap: &Snapshot) -> bool {
+        let temp = self.register.nick();
+        if snap
+            .nick
+            .as_deref()
+            .is_some_and(|n| irc_eq(n.as_bytes(), temp.as_bytes()))
+        {
+            return true;
+        }
+        self.register
+            .rejoined()
+            .filter(|c| snap.channel(c.as_bytes()).is_some())
+            .all(|c| {
+                self.joins_on_a
+                    .iter()
+                    .any(|s| irc_eq(s.as_bytes(), c.as_bytes()))
+            })
+    }
 }
 
 impl IrcSession {
@@ -118,10 +174,10 @@ impl IrcSession {
             snap: Snapshot::default(),
             observer: Observer::default(),
             migration: None,
-            flush_token: None,
             fixup: None,
             reclaim: None,
             dedupe: None,
+            recent: Recent::default(),
             backend_error: false,
             ghost: None,
         }
@@ -195,8 +251,9 @@ impl IrcSession {
         let Some(source) = msg.source_nick().filter(|_| msg.from_user()) else {
             return false;
         };
-        if let Some(m) = &self.migration {
+        if let Some(m) = self.migration.as_mut() {
             if irc_eq(source, m.register.nick().as_bytes()) {
+                m.note_join_on_a(msg);
                 return true;
             }
         }
@@ -301,6 +358,7 @@ impl IrcSession {
         if let Some(m) = self.migration.as_mut().filter(|m| m.register.welcomed()) {
             m.dedupe.record_a(msg, untagged(frame));
         }
+        self.recent.note(msg, untagged(frame));
         self.observer.server_line(&mut self.snap, msg);
         Verdict::Forward
     }
@@ -387,8 +445,10 @@ impl SessionAdapter for IrcSession {
             register,
             dedupe: Dedupe::default(),
             detached: false,
+            joins_on_a: Vec::new(),
+            flush_token: None,
+            pong_seen: false,
         }));
-        self.flush_token = None;
         self.dedupe = None;
         Ok(RegisterStart { send, settle: None })
     }
@@ -403,31 +463,45 @@ impl SessionAdapter for IrcSession {
         // Channel traffic from others that B delivers once its temporary self is in the
         // channel: held for after the cut, where the dedupe drops it if A delivered it too. It
         // is not enough to count it: A's own copy may come only after A's flush-mark reply.
-        let hold =
-            m.register.welcomed() && dedupe::is_overlap_traffic(&msg, frame, m.register.nick());
-        match m.register.on_line(&self.snap, &msg) {
+        let welcomed = m.register.welcomed();
+        let hold = welcomed && dedupe::is_overlap_traffic(&msg, frame, m.register.nick());
+        let step = m.register.on_line(&self.snap, &msg);
+        if !welcomed && m.register.welcomed() {
+            // From B's 001 the links overlap; A's lines just before count too.
+            self.recent.seed(&mut m.dedupe);
+        }
+        match step {
             RegisterStep::Continue(send) if hold => RegisterStep::Hold(send),
             step => step,
         }
     }
 
     fn flush_mark(&mut self) -> Option<Bytes> {
+        let m = self.migration.as_mut()?;
         let token = format!("handover-{:016x}", random_u64());
         let ping = line(&["PING", &format!(":{token}")]);
-        self.flush_token = Some(token);
+        m.flush_token = Some(token);
         Some(ping)
     }
 
+    /// The flush is over when A has answered the mark *and* relayed the temporary nick's JOIN
+    /// on B for every rejoined channel, whichever comes last (see
+    /// [`Migration::a_relayed_every_join`]); the session's flush timeout bounds the wait.
     fn is_flush_reply(&mut self, frame: &Bytes) -> bool {
-        let Some(token) = &self.flush_token else {
+        let (Some(m), Some(msg)) = (self.migration.as_mut(), Message::parse(frame)) else {
             return false;
         };
-        let matches = Message::parse(frame)
-            .is_some_and(|m| m.is("PONG") && m.last() == Some(token.as_bytes()));
-        if matches {
-            self.flush_token = None;
+        let pong = m
+            .flush_token
+            .as_ref()
+            .is_some_and(|t| msg.is("PONG") && msg.last() == Some(t.as_bytes()));
+        if pong {
+            m.flush_token = None;
+            m.pong_seen = true;
+        } else if !(m.pong_seen && m.note_join_on_a(&msg)) {
+            return false;
         }
-        matches
+        m.a_relayed_every_join(&self.snap)
     }
 
     fn detach(&mut self) -> Option<Bytes> {
@@ -442,7 +516,6 @@ impl SessionAdapter for IrcSession {
             return Vec::new();
         };
         let mut m = *m;
-        self.flush_token = None;
         self.fixup = None;
         self.reclaim = None;
         m.dedupe.cutover();
@@ -483,7 +556,6 @@ impl SessionAdapter for IrcSession {
                 self.ghost = Some(temp.to_string());
             }
         }
-        self.flush_token = None;
     }
 
     fn snapshot_size(&self) -> usize {
@@ -493,7 +565,6 @@ impl SessionAdapter for IrcSession {
                 .migration
                 .as_ref()
                 .map_or(0, |m| m.dedupe.heap_size() + 256)
-            + self.flush_token.as_ref().map_or(0, String::capacity)
             + self.reclaim.as_ref().map_or(0, |r| r.heap_size())
             + self.fixup.as_ref().map_or(0, |_| 256)
             + self.dedupe.as_ref().map_or(0, |d| d.heap_size())

@@ -91,6 +91,11 @@ impl Register {
         &self.nick
     }
 
+    /// The channels rejoined on B (known from B's 001).
+    pub fn rejoined(&self) -> impl Iterator<Item = &str> {
+        self.channels.iter().map(|c| c.0.as_str())
+    }
+
     /// What B was given at its 001.
     pub fn given(&self) -> Given {
         Given {

@@ -23,7 +23,8 @@ fn migrate_up_to_cut(s: &mut IrcSession) -> String {
     );
     let other = frame(":a.irc.test PONG a.irc.test :handover-not-ours");
     assert!(!s.is_flush_reply(&other));
-    assert!(s.is_flush_reply(&frame(&format!(":a.irc.test PONG a.irc.test :{token}"))));
+    // The PONG alone is not enough: A must also relay our JOIN on B in every channel.
+    flush_on_a(s, &token, &temp, &["#priv", "#test"]);
     assert_eq!(text(&s.detach().unwrap()), "QUIT :Changing servers");
     temp
 }
@@ -364,4 +365,24 @@ fn in_a_failover_the_nick_is_asked_for_at_once() {
     let mut s = registered_on_ngircd();
     register_on_inspircd(&mut s);
     assert_eq!(texts(&s.cutover()), vec![NICK_ALICE]);
+}
+
+/// Found by the soak: cutting at A's PONG lost messages the network had routed to A alone,
+/// because B's JOIN had not reached the sender's server yet. The flush ends only once A has
+/// relayed B's JOIN in every rejoined channel, in whichever order the two come.
+#[test]
+fn the_flush_waits_for_a_to_relay_every_rejoin_before_or_after_the_pong() {
+    let mut s = registered_on_ngircd();
+    let temp = register_on_inspircd(&mut s);
+    let token = text(&s.flush_mark().unwrap())["PING :".len()..].to_string();
+    // One rejoin is relayed before the PONG (observed and hidden), the other after it.
+    let early = format!(":{temp}!~alice@b.irc.test JOIN :#test");
+    assert_eq!(server(&mut s, &early), Verdict::Hide);
+    let routed_to_a_alone = ":bob!~bob@localhost PRIVMSG #priv :only on a";
+    let pong = frame(&format!(":a.irc.test PONG a.irc.test :{token}"));
+    assert!(!s.is_flush_reply(&pong), "#priv's rejoin not relayed yet");
+    assert!(!s.is_flush_reply(&frame(routed_to_a_alone)));
+    assert_eq!(server(&mut s, routed_to_a_alone), Verdict::Forward);
+    let late = frame(&format!(":{temp}!~alice@b.irc.test JOIN :#priv"));
+    assert!(s.is_flush_reply(&late));
 }

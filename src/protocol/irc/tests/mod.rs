@@ -259,3 +259,14 @@ fn the_temporary_self_is_never_shown_even_when_the_old_server_relays_it() {
         "only until its QUIT"
     );
 }
+
+/// A answers the flush mark, then relays the temporary nick's JOIN on B for each of
+/// `relayed`: only the last of these ends the flush (the PONG alone when there are none).
+pub fn flush_on_a(s: &mut IrcSession, token: &str, temp: &str, relayed: &[&str]) {
+    let pong = frame(&format!(":a.irc.test PONG a.irc.test :{token}"));
+    assert_eq!(s.is_flush_reply(&pong), relayed.is_empty(), "the PONG");
+    for (i, chan) in relayed.iter().enumerate() {
+        let join = frame(&format!(":{temp}!~alice@b.irc.test JOIN :{chan}"));
+        assert_eq!(s.is_flush_reply(&join), i + 1 == relayed.len(), "{chan}");
+    }
+}
