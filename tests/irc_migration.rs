@@ -324,12 +324,16 @@ fn drain_scenario_with(kind: IrcdKind, tls: bool) -> Result<()> {
     check_received_allowing_bounces(&rc, &d, &rd)?;
     check_nothing_shown(&rc)?;
     // Away kept on B: every private message D sent C got a 301 (the server says C is away).
+    // ngircd answers 301 on the sender's server, before routing: a message bounced by the old
+    // server (401, C had quit there) may have had its 301 too, so bounces may count or not.
     let bounced = rd.errors().get("401").and_then(|v| v.as_u64()).unwrap_or(0);
-    let pms_to_c = d.expected_at_peer(PRIVATE).len() as u64 - bounced;
+    let sent_to_c = d.expected_at_peer(PRIVATE).len() as u64;
+    let pms_to_c = sent_to_c - bounced;
     ensure!(
-        rd.count("301") == pms_to_c,
-        "D got {} 301s for {pms_to_c} PMs\n{}",
+        (pms_to_c..=sent_to_c).contains(&rd.count("301")),
+        "D got {} 301s for {pms_to_c} PMs\nC: {}\nD: {}",
         rd.count("301"),
+        rc.describe(),
         rd.describe()
     );
     // The overlap really happened on the network: D saw C's temporary nick take the real

@@ -164,6 +164,14 @@ pub trait SessionAdapter: Send + 'static {
         None
     }
 
+    /// A frame the old backend sent after the cut (it is read until it closes, a few seconds
+    /// at most): what of it reaches the client, if anything. IRC: private messages to the
+    /// client's nick, which only the old server could receive until it processed the `QUIT`;
+    /// everything else the new backend delivers too.
+    fn after_detach(&mut self, _frame: &Bytes) -> Option<Bytes> {
+        None
+    }
+
     /// The new backend is current now: frames to send it at once (IRC: take the nick back).
     fn cutover(&mut self) -> Vec<Bytes> {
         Vec::new()

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::link::{IoEvent, Link};
-use super::{CloseReason, MigrationResult, Session, OUT_LIMIT};
+use super::{CloseReason, Detached, MigrationResult, Session, DETACHED_GRACE, OUT_LIMIT};
 use crate::config::BackendConfig;
 use crate::metrics::{MigrationReason, Outcome};
 use crate::net::connect::{connect, ConnectError};
@@ -376,7 +376,15 @@ impl Session {
             if let Some(bye) = self.adapter.detach() {
                 a.push(bye);
             }
-            tokio::spawn(a.finish(Duration::from_secs(2)));
+            // Still read until it closes: it may have taken messages for the client that the
+            // new backend can't have (see `SessionAdapter::after_detach`).
+            if let Some(old) = self.detached.take() {
+                tokio::spawn(old.link.finish(Duration::from_millis(100)));
+            }
+            self.detached = Some(Box::new(Detached {
+                link: a,
+                until: Instant::now() + DETACHED_GRACE,
+            }));
         }
         for frame in self.adapter.cutover() {
             tracing::debug!(line = %String::from_utf8_lossy(&frame).trim_end(), "cut over: to the new backend");
@@ -389,6 +397,8 @@ impl Session {
             self.route_backend_frame(frame);
         }
         self.adapter.held_lines_done();
+        // What A sent after the mark's reply, already read, is the detached link's now.
+        self.detached_frames();
         let deadline = Instant::now() + Duration::from_millis(self.ctx.migration.flush_timeout_ms);
         self.settling = Some((m, deadline));
         self.finish_settling(false);

@@ -258,6 +258,18 @@ pub struct Session {
     counted_bytes: (u64, u64),
     /// The client limit being watched (registration, then stalls).
     watch: Watch,
+    /// The old backend after a cut, read until it closes.
+    detached: Option<Box<Detached>>,
+}
+
+/// How long the old backend is read after a cut before it is closed regardless.
+const DETACHED_GRACE: Duration = Duration::from_secs(2);
+
+/// The old backend after a cut: it has the adapter's detach frame (IRC `QUIT`) queued and is
+/// read until it closes or `until`; what it says goes through `SessionAdapter::after_detach`.
+struct Detached {
+    link: Link,
+    until: Instant,
 }
 
 /// The one client limit a session watches at a time, in one small field: until the client
@@ -338,6 +350,7 @@ pub fn run(
         pending_reply: None,
         counted_bytes: (0, 0),
         watch,
+        detached: None,
         ctx,
     };
     let span = tracing::info_span!("session", session.id = id, listener = %session.ctx.listener, client.addr = %client_addr);
@@ -386,6 +399,12 @@ impl Session {
             .or(self.settling.as_ref().map(|(_, until)| *until))
             .or(self.retry_at);
         let limit = self.limit_deadline();
+        // Boxed, and only for the few seconds after a cut: an idle session's future stays small.
+        let has_detached = self.detached.is_some();
+        let detached = self
+            .detached
+            .as_deref_mut()
+            .map(|old| Box::pin(detached_io(old, read_backend)));
         let shutdown = self.ctx.shutdown.clone();
         // Not `biased`: a peer that is always ready (a flooding backend or client) must not
         // starve the other branches, the migration's progress and its deadlines among them.
@@ -406,6 +425,10 @@ impl Session {
                 None
             },
             _ = sleep_until_opt(limit), if limit.is_some() => self.limit_reached(),
+            ev = maybe(detached), if has_detached => {
+                self.on_detached_io(ev);
+                None
+            }
         }
     }
 
@@ -541,6 +564,47 @@ impl Session {
             }
         }
         bytes
+    }
+
+    /// The old backend after a cut: its frames through `after_detach` until it closes, errs,
+    /// sends something it cannot frame, or its time is up.
+    fn on_detached_io(&mut self, ev: Option<std::io::Result<IoEvent>>) {
+        let open = match ev {
+            None | Some(Err(_)) => false,
+            Some(Ok(IoEvent::Wrote)) => true,
+            Some(Ok(IoEvent::Read(0))) => {
+                self.detached_frames();
+                false
+            }
+            Some(Ok(IoEvent::Read(_))) => self.detached_frames(),
+        };
+        if !open {
+            if let Some(old) = self.detached.take() {
+                tokio::spawn(old.link.finish(Duration::from_millis(100)));
+            }
+        }
+    }
+
+    /// Frames what the detached old backend has sent; false when it sent what can't be framed.
+    fn detached_frames(&mut self) -> bool {
+        let Some(old) = self.detached.as_mut() else {
+            return false;
+        };
+        loop {
+            match self
+                .adapter
+                .decode(Direction::BackendToClient, &mut old.link.rbuf)
+            {
+                Ok(Some(frame)) => {
+                    if let Some(bytes) = self.adapter.after_detach(&frame) {
+                        debug!(line = %String::from_utf8_lossy(&bytes).trim_end(), "from the old backend after the cut");
+                        self.client.push(bytes);
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
     }
 
     fn on_backend_io(&mut self, ev: std::io::Result<IoEvent>) -> Option<CloseReason> {
@@ -713,6 +777,9 @@ impl Session {
             m.abandon(&self.ctx.registry);
         }
         let grace = Duration::from_secs(2);
+        if let Some(old) = self.detached.take() {
+            tokio::spawn(old.link.finish(grace));
+        }
         if let Some(mut link) = self.backend.take() {
             for held in self.held.drain(..) {
                 link.push(held.frame);
@@ -735,6 +802,26 @@ impl Session {
             _ => debug!(reason = reason.label(), "session closed"),
         }
         self.client.finish(grace).await;
+    }
+}
+
+/// The detached old backend's next event, or `None` when its time is up.
+async fn detached_io(old: &mut Detached, want_read: bool) -> Option<std::io::Result<IoEvent>> {
+    let until = old.until;
+    if !old.link.pollable(want_read) {
+        tokio::time::sleep_until(until).await;
+        return None;
+    }
+    tokio::time::timeout_at(until, old.link.io(want_read))
+        .await
+        .ok()
+}
+
+/// The future's output, or never.
+async fn maybe<F: std::future::Future>(fut: Option<F>) -> F::Output {
+    match fut {
+        Some(fut) => fut.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -805,7 +892,7 @@ mod footprint {
             adapter,
         );
         let bytes = size(&fut);
-        assert!(bytes <= 1216, "a session's future is {bytes} bytes");
+        assert!(bytes <= 1256, "a session's future is {bytes} bytes");
         let irc = std::mem::size_of::<crate::protocol::irc::IrcSession>();
         assert!(irc <= 512, "the IRC adapter is {irc} bytes");
     }

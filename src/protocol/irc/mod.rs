@@ -542,6 +542,19 @@ impl SessionAdapter for IrcSession {
         send
     }
 
+    /// Private messages to the client's nick: until the old server has processed the `QUIT`,
+    /// the network routes them there and nowhere else, so they are the client's and no one
+    /// else will deliver them. Channel traffic the new backend has too (the flush waited for
+    /// that); the rest is the old connection's farewell.
+    fn after_detach(&mut self, frame: &Bytes) -> Option<Bytes> {
+        let msg = Message::parse(frame)?;
+        let nick = self.snap.nick.as_deref()?;
+        let private = ["PRIVMSG", "NOTICE", "TAGMSG"].iter().any(|c| msg.is(c))
+            && msg.from_user()
+            && msg.param(0).is_some_and(|t| irc_eq(t, nick.as_bytes()));
+        private.then(|| frame.clone())
+    }
+
     fn held_lines_done(&mut self) {
         if let Some(dedupe) = self.dedupe.as_mut() {
             dedupe.held_lines_done();

@@ -386,3 +386,25 @@ fn the_flush_waits_for_a_to_relay_every_rejoin_before_or_after_the_pong() {
     let late = frame(&format!(":{temp}!~alice@b.irc.test JOIN :#priv"));
     assert!(s.is_flush_reply(&late));
 }
+
+/// Found by the TLS drain test: a private message the network routed to A after the cut
+/// (A had not processed the QUIT yet) was lost silently. After the cut A is still read until
+/// it closes, and such messages reach the client; nothing else A says then does.
+#[test]
+fn after_the_cut_only_private_messages_from_a_reach_the_client() {
+    let mut s = registered_on_ngircd();
+    migrate_up_to_cut(&mut s);
+    s.cutover();
+    let pm = frame(":bob!~bob@localhost PRIVMSG alice :still there?");
+    assert_eq!(s.after_detach(&pm), Some(pm.clone()));
+    let notice = frame(":bob!~bob@localhost NOTICE Alice :case-insensitive");
+    assert_eq!(s.after_detach(&notice), Some(notice.clone()));
+    for other in [
+        ":bob!~bob@localhost PRIVMSG #test :B has this too",
+        ":bob!~bob@localhost PRIVMSG carol :not ours",
+        ":a.irc.test NOTICE alice :server notice",
+        "ERROR :Closing connection",
+    ] {
+        assert_eq!(s.after_detach(&frame(other)), None, "{other}");
+    }
+}
