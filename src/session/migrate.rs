@@ -33,7 +33,9 @@ type Connecting = Pin<
 >;
 
 enum Phase {
-    Connecting(Connecting),
+    /// Connecting to the target; with `Some(frames)` this is a registration's reconnect
+    /// (`RegisterStep::Reconnect`): registration goes on there after sending them.
+    Connecting(Connecting, Option<Vec<Bytes>>),
     Registering {
         link: Link,
         deadline: Instant,
@@ -65,6 +67,8 @@ pub(super) struct Migration {
     held_b_len: usize,
     /// Held for failovers, so a dead backend's sessions reach the next one paced.
     _permit: Option<OwnedSemaphorePermit>,
+    /// When registration times out; a reconnect during registration keeps it.
+    register_deadline: Instant,
 }
 
 pub(super) enum MigrationEvent {
@@ -79,7 +83,7 @@ pub(super) async fn poll(m: &mut Option<Box<Migration>>) -> MigrationEvent {
     };
     let read_ok = m.held_b_len < OUT_LIMIT;
     match &mut m.phase {
-        Phase::Connecting(fut) => {
+        Phase::Connecting(fut, _) => {
             let (result, permit) = fut.await;
             MigrationEvent::Connected(result, permit)
         }
@@ -229,7 +233,7 @@ impl Session {
             target,
             started: Instant::now(),
             paused_at: if lost { self.lost_since } else { None },
-            phase: Phase::Connecting(connect_fut),
+            phase: Phase::Connecting(connect_fut, None),
             reply,
             mark_pending: false,
             flush_expired: false,
@@ -237,6 +241,7 @@ impl Session {
             held_b: VecDeque::new(),
             held_b_len: 0,
             _permit: None,
+            register_deadline: Instant::now(),
         }));
     }
 
@@ -256,8 +261,21 @@ impl Session {
 
     fn begin_register(&mut self, stream: Stream, permit: Option<OwnedSemaphorePermit>) {
         let m = self.migration.as_mut().expect("connecting");
-        m._permit = permit;
+        if permit.is_some() {
+            m._permit = permit;
+        }
         let mut link = Link::new(stream);
+        if let Phase::Connecting(_, Some(send)) = &mut m.phase {
+            // A registration's reconnect: same deadline, registration goes on.
+            std::mem::take(send).into_iter().for_each(|f| link.push(f));
+            let deadline = m.register_deadline;
+            m.phase = Phase::Registering {
+                link,
+                deadline,
+                settle: false,
+            };
+            return;
+        }
         if let Some(prelude) = self.adapter.backend_prelude(&m.target, &self.client_info) {
             link.push(prelude);
         }
@@ -271,6 +289,7 @@ impl Session {
                     Some(settle) => (Instant::now() + settle.min(timeout), true),
                     None => (Instant::now() + timeout, false),
                 };
+                m.register_deadline = deadline;
                 m.phase = Phase::Registering {
                     link,
                     deadline,
@@ -321,8 +340,22 @@ impl Session {
                 RegisterStep::Failed(why) => {
                     return self.abort_migration(&format!("the new backend refused: {why}"))
                 }
+                RegisterStep::Reconnect { address, send } => return self.reconnect(address, send),
             }
         }
+    }
+
+    /// Registration continues on another address the new backend named (OSCAR: its BOS after
+    /// the login): the current registration link is dropped.
+    fn reconnect(&mut self, address: String, send: Vec<Bytes>) {
+        let m = self.migration.as_mut().expect("registering");
+        let mut target = m.target.clone();
+        target.address = address;
+        let client = self.client_info.addr;
+        let timeout = Duration::from_millis(self.ctx.migration.connect_timeout_ms);
+        let fut: Connecting =
+            Box::pin(async move { (connect(&target, client, timeout).await, None) });
+        m.phase = Phase::Connecting(fut, Some(send));
     }
 
     /// B is ready: pause the client and send A the flush mark.
@@ -378,6 +411,7 @@ impl Session {
             }
             tokio::spawn(a.finish(Duration::from_secs(2)));
         }
+        self.adapter.on_backend(&m.target);
         for frame in self.adapter.cutover() {
             tracing::debug!(line = %String::from_utf8_lossy(&frame).trim_end(), "cut over: to the new backend");
             link.push(frame);
