@@ -136,7 +136,7 @@ impl OscarSession {
         }
         if let Role::Service(family) = self.role {
             let name = self.screen_name.clone().unwrap_or_default();
-            return match self.tickets.take_handoff(&name, family) {
+            return match self.tickets.handoff(&name, family) {
                 Some(h) => self.reconnect(h.address, &h.cookie),
                 None => RegisterStep::Failed(format!(
                     "no service {family:#06x} on the new backend yet (its BOS session moves first)"

@@ -195,11 +195,10 @@ impl Tickets {
         );
     }
 
-    pub fn take_handoff(&self, screen_name: &str, family: u16) -> Option<Handoff> {
-        let h = self
-            .lock()
-            .handoffs
-            .remove(&(normalize(screen_name), family))?;
+    /// The hand-off for a service; kept (until it expires) so a failed attempt can retry.
+    pub fn handoff(&self, screen_name: &str, family: u16) -> Option<Handoff> {
+        let key = (normalize(screen_name), family);
+        let h = self.lock().handoffs.get(&key).cloned()?;
         (Instant::now() - h.issued < TTL).then_some(h)
     }
 
