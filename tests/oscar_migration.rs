@@ -434,3 +434,114 @@ async fn bad_input_closes_only_that_session() {
     );
     net.running.shutdown(Duration::from_secs(2)).await;
 }
+
+/// tshark (Wireshark's AIM dissector), not our parser, decodes what handover sent bob's client
+/// across a drain: every frame well-formed, the FLAP sequence unbroken, the SNACs the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tshark_decodes_handovers_output_across_a_drain() {
+    let tshark = ["/usr/bin/tshark", "/usr/local/bin/tshark"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("tshark is missing: run scripts/install-test-deps.sh");
+    let net = Net::start().await;
+    let mut bob = net.sign_on(BOB, "a").await;
+    let mut alice = net.sign_on(ALICE, "b").await;
+    alice.send_im(BOB, "before").await;
+    bob.bos.expect_snac(0x04, 0x07).await;
+    let finished = net.running.engine.drain_wait("a").await.unwrap();
+    assert_eq!(finished.state, "drained");
+    alice.send_im(BOB, "after").await;
+    bob.bos.expect_snac(0x04, 0x07).await;
+    bob.ping().await;
+
+    let raw = bob.bos.raw.lock().unwrap().clone();
+    let ours: Vec<(u8, Option<(u16, u16)>)> = bob
+        .bos
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(ch, p)| (*ch, (*ch == 2).then(|| (snac_id(p).0, snac_id(p).1))))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("handover-oscar-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcap = dir.join("bob-bos.pcap");
+    oscar::write_pcap(&pcap, 5191, &raw);
+    let out = std::process::Command::new(tshark)
+        .args([
+            "-r",
+            pcap.to_str().unwrap(),
+            "-d",
+            "tcp.port==5191,aim",
+            "-T",
+            "fields",
+        ])
+        .args([
+            "-e",
+            "aim.channel",
+            "-e",
+            "aim.seqno",
+            "-e",
+            "aim.fnac.family",
+        ])
+        .args([
+            "-e",
+            "aim.fnac.subtype",
+            "-e",
+            "_ws.malformed",
+            "-E",
+            "occurrence=a",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        !text.contains("malformed") && !text.to_lowercase().contains("malformed"),
+        "{text}"
+    );
+    // One line per TCP segment, several FLAP frames per line: fields are comma-joined.
+    let mut frames: Vec<Decoded> = Vec::new();
+    for line in text.lines() {
+        let cols: Vec<Vec<&str>> = line
+            .split('\t')
+            .map(|c| c.split(',').filter(|s| !s.is_empty()).collect())
+            .collect();
+        let (chans, seqs) = (&cols[0], &cols[1]);
+        let mut snacs = cols[2].iter().zip(cols[3].iter());
+        for (ch, seq) in chans.iter().zip(seqs.iter()) {
+            let ch = parse_num(ch) as u8;
+            let fam_sub = (ch == 2).then(|| {
+                let (f, s) = snacs.next().expect("tshark decoded the SNAC header");
+                (parse_num(f), parse_num(s))
+            });
+            frames.push((ch, parse_num(seq), fam_sub));
+        }
+    }
+    assert_eq!(frames.len(), ours.len(), "tshark saw every frame: {text}");
+    for pair in frames.windows(2) {
+        assert_eq!(
+            pair[1].1,
+            (pair[0].1 + 1) % 0x8000,
+            "unbroken FLAP sequence: {frames:?}"
+        );
+    }
+    let theirs: Vec<(u8, Option<(u16, u16)>)> = frames.iter().map(|f| (f.0, f.2)).collect();
+    assert_eq!(theirs, ours);
+    net.running.shutdown(Duration::from_secs(2)).await;
+}
+
+/// A frame as tshark decoded it: channel, sequence number, SNAC (family, subtype).
+type Decoded = (u8, u16, Option<(u16, u16)>);
+
+fn parse_num(s: &str) -> u16 {
+    match s.strip_prefix("0x") {
+        Some(h) => u16::from_str_radix(h, 16).unwrap(),
+        None => s.parse().unwrap(),
+    }
+}

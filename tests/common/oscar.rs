@@ -763,3 +763,36 @@ impl Hub {
             .collect()
     }
 }
+
+/// Writes one direction of a TCP stream as a pcap file (raw IPv4 link type), cut into
+/// segments, so tshark can decode it with `-d tcp.port==<port>,aim`.
+pub fn write_pcap(path: &std::path::Path, server_port: u16, server_to_client: &[u8]) {
+    let mut out = Vec::new();
+    for v in [0xa1b2c3d4u32.to_le_bytes(), 0x0004_0002u32.to_le_bytes()] {
+        out.extend_from_slice(&v); // magic; version 2.4
+    }
+    out.extend_from_slice(&[0; 8]); // timezone, accuracy
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&101u32.to_le_bytes()); // LINKTYPE_RAW
+    let mut seq = 1u32;
+    for (i, chunk) in server_to_client.chunks(1000).enumerate() {
+        let mut pkt = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1,
+        ];
+        let total = (20 + 20 + chunk.len()) as u16;
+        pkt[2..4].copy_from_slice(&total.to_be_bytes());
+        pkt.extend_from_slice(&server_port.to_be_bytes());
+        pkt.extend_from_slice(&40000u16.to_be_bytes());
+        pkt.extend_from_slice(&seq.to_be_bytes());
+        pkt.extend_from_slice(&1u32.to_be_bytes());
+        pkt.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]); // PSH+ACK
+        pkt.extend_from_slice(chunk);
+        seq += chunk.len() as u32;
+        out.extend_from_slice(&(i as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
+        out.extend_from_slice(&pkt);
+    }
+    std::fs::write(path, out).unwrap();
+}
