@@ -143,3 +143,79 @@ fn signon_with(token: &[u8]) -> BytesMut {
     snac::put_tlv(&mut p, 6, token);
     BytesMut::from(&flap::build(1, 1, &p)[..])
 }
+
+#[test]
+fn config_accepts_oscar_and_advertise_only_on_oscar() {
+    let text = |protocol: &str, advertise: &str| {
+        format!("[[listener]]\nname='l'\nlisten='127.0.0.1:1'\nprotocol='{protocol}'\nbackends=['x']\nadvertise='{advertise}'\n[[backend]]\nname='x'\naddress='127.0.0.1:5190'\n")
+    };
+    let config = crate::config::parse(&text("oscar", "aim.example:5190"), "t.toml").unwrap();
+    assert_eq!(
+        config.listener[0].advertise.as_deref(),
+        Some("aim.example:5190")
+    );
+    let err = crate::config::parse(&text("irc", "aim.example:5190"), "t.toml").unwrap_err();
+    assert_eq!(
+        (err.file.as_str(), err.key.as_str()),
+        ("t.toml", "listener[0].advertise")
+    );
+    assert!(err.problem.contains("only to oscar"), "{err}");
+    let err = crate::config::parse(&text("oscar", "nowhere"), "t.toml").unwrap_err();
+    assert_eq!(err.key, "listener[0].advertise");
+}
+
+/// Re-registration fed B's frames: the recorded login is replayed, B's BOS is reconnected to,
+/// the sign-on replayed, and every reply hidden until handover's own barrier comes back.
+#[test]
+fn registration_replays_the_login_then_the_signon() {
+    use crate::protocol::RegisterStep;
+    let tickets = Arc::new(Tickets::default());
+    let mut login = session(&tickets);
+    let out = replay(&mut login, &conn("bobaim-auth"));
+    let s = Snac::parse(flap::payload(out.last().unwrap())).unwrap();
+    let token = snac::find(&snac::tlvs(s.data()).unwrap(), 6)
+        .unwrap()
+        .to_vec();
+    let mut bos = session(&tickets);
+    let mut frames = conn("bobaim-bos");
+    frames[0].1 = flap::build(1, 1, &signon_with(&token)[flap::HEADER..]);
+    replay(&mut bos, &frames);
+    assert!(bos.can_migrate().is_ok(), "{:?}", bos.can_migrate());
+    bos.start_register().unwrap();
+    let auth = conn("bobaim-auth");
+    let hello = &auth.iter().find(|(c, _)| !c).unwrap().1;
+    let RegisterStep::Continue(sent) = bos.on_register_frame(hello) else {
+        panic!("login begins")
+    };
+    assert_eq!(
+        flap::payload(&sent[1]),
+        flap::payload(&auth[1].1),
+        "17,06 replayed"
+    );
+    let key = &auth.iter().filter(|(c, _)| !c).nth(1).unwrap().1;
+    let RegisterStep::Continue(sent) = bos.on_register_frame(key) else {
+        panic!("17,02 follows")
+    };
+    assert_eq!(
+        flap::payload(&sent[0]),
+        flap::payload(&auth[2].1),
+        "17,02 replayed"
+    );
+    let reply = &auth.iter().filter(|(c, _)| !c).nth(2).unwrap().1;
+    let RegisterStep::Reconnect { address, .. } = bos.on_register_frame(reply) else {
+        panic!("reconnect to BOS")
+    };
+    assert_eq!(address, "127.0.0.1:5191");
+    // A different challenge (another user database) is refused.
+    let mut other = session(&tickets);
+    other.login = bos.login.clone();
+    other.snap.online = true;
+    other.role = super::Role::Bos;
+    other.start_register().unwrap();
+    other.on_register_frame(hello);
+    let bad = flap::build(2, 2, &snac::build(0x17, 0x07, 0, b"\x00\x04salt"));
+    assert!(matches!(
+        other.on_register_frame(&bad),
+        RegisterStep::Failed(_)
+    ));
+}
