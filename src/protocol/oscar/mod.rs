@@ -457,6 +457,16 @@ impl SessionAdapter for OscarSession {
         }
     }
 
+    /// A login connection is registered once the client sent its whole login; BOS and service
+    /// connections once the client said CLIENT_ONLINE (01,02).
+    fn registered(&self) -> bool {
+        match self.role {
+            Role::Unrouted => false,
+            Role::Login => self.login.is_complete(),
+            Role::Bos | Role::Service(_) => self.snap.online,
+        }
+    }
+
     fn identity(&self) -> Option<String> {
         self.screen_name.clone()
     }
