@@ -211,6 +211,10 @@ async fn drain_moves_bos_and_services_and_ims_arrive_exactly_once() {
         "{on_b:?}"
     );
     assert!(net.a.bos_of(BOB)[0].closed, "a's connection was closed");
+    // Re-registration replayed bob's login to b once; a saw only the client's own.
+    let logins = |s: &Server| s.accepted_logins.lock().unwrap().clone();
+    assert_eq!(logins(&net.a), vec![BOB.to_string()]);
+    assert_eq!(logins(&net.b), vec![ALICE.to_string(), BOB.to_string()]);
     bob.ping().await;
     assert!(net.b.bos_of(BOB)[0]
         .snacs

@@ -152,6 +152,8 @@ pub struct Server {
     pushers: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Vec<u8>>>>>,
     cookies: Cookies,
     pub logins: Arc<AtomicU64>,
+    /// Users whose login this server accepted, in order.
+    pub accepted_logins: Arc<Mutex<Vec<String>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -188,6 +190,7 @@ impl Server {
             pushers: Arc::default(),
             cookies: Arc::default(),
             logins: Arc::default(),
+            accepted_logins: Arc::default(),
             tasks: Arc::default(),
         });
         for (listener, port) in [
@@ -367,6 +370,13 @@ async fn auth(ctx: &Ctx, rd: &mut (impl AsyncReadExt + Unpin), send: &impl Fn(u8
                     .unwrap();
                 let ok =
                     find(&list, 0x25) == want && !ctx.server.refuse_logins.load(Ordering::Relaxed);
+                if ok {
+                    ctx.server
+                        .accepted_logins
+                        .lock()
+                        .unwrap()
+                        .push(user.clone());
+                }
                 let mut body = tlv(1, user.as_bytes());
                 if ok {
                     let bos = ctx.server.bos.to_string();

@@ -211,11 +211,11 @@ impl OscarSession {
 
     fn observe_client(&mut self, frame: &Bytes) -> Verdict {
         if flap::channel(frame) == CH_SNAC {
-            let payload = Bytes::copy_from_slice(flap::payload(frame));
-            if let Some(s) = Snac::parse(&payload) {
+            let payload = flap::payload(frame);
+            if let Some(s) = Snac::parse(payload) {
                 match self.role {
-                    Role::Login => self.record_login(&s, &payload),
-                    Role::Bos | Role::Service(_) => self.record_signon(&s, &payload),
+                    Role::Login => self.record_login(&s, payload),
+                    Role::Bos | Role::Service(_) => self.record_signon(&s, payload),
                     Role::Unrouted => {}
                 }
             }
@@ -223,7 +223,8 @@ impl OscarSession {
         self.stamp(Direction::ClientToBackend, frame)
     }
 
-    fn record_login(&mut self, s: &Snac<'_>, payload: &Bytes) {
+    /// Kept payloads are copies: a slice of the frame would pin the whole read buffer.
+    fn record_login(&mut self, s: &Snac<'_>, payload: &[u8]) {
         let login = Arc::make_mut(&mut self.login);
         match (s.family, s.subtype) {
             (BUCP, CHALLENGE_REQUEST) => {
@@ -232,14 +233,14 @@ impl OscarSession {
                         self.screen_name = Some(String::from_utf8_lossy(name).into_owned());
                     }
                 }
-                login.challenge = Some(payload.clone());
+                login.challenge = Some(Bytes::copy_from_slice(payload));
             }
-            (BUCP, LOGIN_REQUEST) => login.request = Some(payload.clone()),
+            (BUCP, LOGIN_REQUEST) => login.request = Some(Bytes::copy_from_slice(payload)),
             _ => {}
         }
     }
 
-    fn record_signon(&mut self, s: &Snac<'_>, payload: &Bytes) {
+    fn record_signon(&mut self, s: &Snac<'_>, payload: &[u8]) {
         let snap = &mut self.snap;
         if !snap.online {
             let skip = s.is(OSERVICE, SERVICE_REQUEST)
@@ -247,7 +248,7 @@ impl OscarSession {
                 || s.family == BUCP;
             if !skip {
                 snap.bytes += payload.len();
-                snap.signon.push(payload.clone());
+                snap.signon.push(Bytes::copy_from_slice(payload));
             }
             snap.online = s.is(OSERVICE, CLIENT_ONLINE);
         } else if self.role == Role::Bos && is_lasting_state(s) {
@@ -259,7 +260,7 @@ impl OscarSession {
                 snap.bytes -= old.len();
             }
             snap.bytes += payload.len();
-            snap.later.push(payload.clone());
+            snap.later.push(Bytes::copy_from_slice(payload));
         }
         if snap.bytes > MAX_SIGNON {
             snap.overflow = true;
@@ -476,6 +477,24 @@ impl SessionAdapter for OscarSession {
     }
 
     fn can_migrate(&self) -> Result<(), String> {
+        self.can_fail_over()?;
+        match self.role {
+            Role::Service(family) if self.moving_to.is_none() => {
+                let name = self.screen_name.as_deref().unwrap_or_default();
+                match self.tickets.handoff(name, family) {
+                    Some(_) => Ok(()),
+                    None => Err(format!(
+                        "service {family:#06x} moves after its BOS session has (no cookie for it yet)"
+                    )),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// What a failover needs: a signed-on session with a login to replay. A service
+    /// connection's hand-off is not required here: it is waited for by retrying.
+    fn can_fail_over(&self) -> Result<(), String> {
         match self.role {
             Role::Unrouted | Role::Login => {
                 Err("an OSCAR login connection ends with the sign-on; it is not moved".into())
@@ -492,7 +511,7 @@ impl SessionAdapter for OscarSession {
     }
 
     fn start_register(&mut self) -> Result<RegisterStart, String> {
-        self.can_migrate()?;
+        self.can_fail_over()?;
         self.reg = Some(register::Register::new());
         Ok(RegisterStart::default())
     }
@@ -526,8 +545,16 @@ impl SessionAdapter for OscarSession {
     }
 
     fn cutover(&mut self) -> Vec<Bytes> {
+        let name = self.screen_name.clone().unwrap_or_default();
         if let Some(reg) = self.reg.take() {
             self.to_backend = reg.seq;
+            // Only now, with the BOS session on the new backend, may its services follow.
+            for (family, address, cookie) in reg.handoffs {
+                self.tickets.leave_handoff(&name, family, &address, &cookie);
+            }
+        }
+        if let Role::Service(family) = self.role {
+            self.tickets.drop_handoff(&name, family);
         }
         self.moving_to = None;
         self.flush_rid = None;

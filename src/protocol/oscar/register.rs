@@ -34,6 +34,9 @@ enum Step {
 
 pub(super) struct Register {
     step: Step,
+    /// Service cookies the new backend gave: (family, address, cookie), left for the service
+    /// sessions at the cut.
+    pub(super) handoffs: Vec<(u16, String, Bytes)>,
     /// Sequence numbers on the registration link; the session's after the cut.
     pub(super) seq: Seq,
 }
@@ -42,6 +45,7 @@ impl Register {
     pub(super) fn new() -> Self {
         Self {
             step: Step::AuthHello,
+            handoffs: Vec::new(),
             seq: Seq::starting_at(1),
         }
     }
@@ -222,13 +226,14 @@ impl OscarSession {
             .map(|f| u16::from_be_bytes([f[0], f[1]]));
         let address =
             snac::find(&list, TLV_RECONNECT_HERE).and_then(|a| std::str::from_utf8(a).ok());
-        if let (Some(family), Some(address), Some(cookie), Some(name)) = (
+        if let (Some(family), Some(address), Some(cookie), Some(reg)) = (
             family,
             address,
             snac::find(&list, TLV_COOKIE),
-            self.screen_name.as_deref(),
+            self.reg.as_mut(),
         ) {
-            self.tickets.leave_handoff(name, family, address, cookie);
+            reg.handoffs
+                .push((family, address.to_string(), Bytes::copy_from_slice(cookie)));
         }
     }
 }

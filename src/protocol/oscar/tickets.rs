@@ -202,6 +202,13 @@ impl Tickets {
         (Instant::now() - h.issued < TTL).then_some(h)
     }
 
+    /// A service session used its hand-off: the next move needs a fresh one.
+    pub fn drop_handoff(&self, screen_name: &str, family: u16) {
+        self.lock()
+            .handoffs
+            .remove(&(normalize(screen_name), family));
+    }
+
     pub fn learn_bos(&self, address: &str, backend: &str) {
         let mut inner = self.lock();
         if inner.bos.len() < 1024 || inner.bos.contains_key(address) {
