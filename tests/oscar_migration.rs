@@ -549,3 +549,52 @@ fn parse_num(s: &str) -> u16 {
         None => s.parse().unwrap(),
     }
 }
+
+/// Two moves in a row (a → b, then b → a): every move logs in afresh and takes fresh service
+/// cookies; the hand-offs of the first move are never reused for the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moves_there_and_back() {
+    let net = Net::start().await;
+    let mut bob = net.sign_on(BOB, "a").await;
+    let mut alice = net.sign_on(ALICE, "b").await;
+    let before = signon_counts(&bob);
+    let engine = net.running.engine.clone();
+    let first = engine.drain_wait("a").await.unwrap();
+    assert_eq!(
+        (first.state.as_str(), first.migrated),
+        ("drained", 3),
+        "{first:?}"
+    );
+    engine.undrain("a").unwrap();
+    wait_for("a active", || {
+        engine.backend("a").unwrap().state == "active"
+    })
+    .await;
+    // Now b is drained: bob and alice both move to a.
+    let second = engine.drain_wait("b").await.unwrap();
+    assert_eq!(
+        (second.state.as_str(), second.migrated),
+        ("drained", 6),
+        "{second:?}"
+    );
+    assert!(net.sessions_of(BOB).iter().all(|(_, b)| b == "a"));
+    assert!(net.sessions_of(ALICE).iter().all(|(_, b)| b == "a"));
+    let on_a: Vec<(u16, String)> = net.a.service_conns.lock().unwrap().clone();
+    let bob_on_a = on_a.iter().filter(|(_, u)| u == BOB).count();
+    assert_eq!(
+        bob_on_a, 4,
+        "bob's two services signed on at a twice: {on_a:?}"
+    );
+    alice.send_im(BOB, "home again").await;
+    bob.bos.expect_snac(0x04, 0x07).await;
+    bob.send_im(ALICE, "yes").await;
+    alice.bos.expect_snac(0x04, 0x07).await;
+    bob.ping().await;
+    assert_eq!(
+        signon_counts(&bob),
+        [before[0], before[1], before[2], before[3] + 1]
+    );
+    assert_eq!(bob.seq_broken(), None);
+    assert_eq!(alice.seq_broken(), None);
+    net.running.shutdown(Duration::from_secs(2)).await;
+}

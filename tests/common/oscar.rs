@@ -414,7 +414,9 @@ async fn bos(
     };
     // Pushes (from the test, or IMs from the hub) go out as channel-2 frames.
     let (push_tx, mut push_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let id = ctx.server.logins.fetch_add(1, Ordering::Relaxed);
+    // Unique across the hub's servers, so a closing connection forgets only itself.
+    static CONN_IDS: AtomicU64 = AtomicU64::new(1);
+    let id = CONN_IDS.fetch_add(1, Ordering::Relaxed);
     ctx.server
         .pushers
         .lock()

@@ -219,3 +219,80 @@ fn registration_replays_the_login_then_the_signon() {
         RegisterStep::Failed(_)
     ));
 }
+
+/// The oldest login (FLAP channel 1 with a roasted password, answered on channel 4) is
+/// recorded, its reply rewritten, and replayed on a new backend.
+#[test]
+fn a_roasted_login_is_rewritten_and_replayed() {
+    use crate::protocol::RegisterStep;
+    let tickets = Arc::new(Tickets::default());
+    let mut login = session(&tickets);
+    let mut p = BytesMut::from(&[0u8, 0, 0, 1][..]);
+    snac::put_tlv(&mut p, 1, b"oldtimer");
+    snac::put_tlv(&mut p, 2, &[0xf3, 0x26, 0x81, 0xc4]);
+    let signon = p.freeze();
+    let mut buf = BytesMut::from(&flap::build(1, 1, &signon)[..]);
+    assert!(matches!(
+        login.route(&mut buf).unwrap(),
+        Route::Pool(Some(_))
+    ));
+    assert_eq!(login.identity().as_deref(), Some("oldtimer"));
+    let mut reply = BytesMut::new();
+    snac::put_tlv(&mut reply, 1, b"oldtimer");
+    snac::put_tlv(&mut reply, 5, b"10.0.0.9:5191");
+    snac::put_tlv(&mut reply, 6, b"real-cookie");
+    let hello = flap::build(1, 7, &[0, 0, 0, 1]);
+    assert_eq!(
+        login.observe(Direction::BackendToClient, &hello),
+        Verdict::Hide
+    );
+    let close = flap::build(4, 8, &reply);
+    let Verdict::Rewrite(out) = login.observe(Direction::BackendToClient, &close) else {
+        panic!("the channel-4 reply is rewritten")
+    };
+    let list = snac::tlvs(flap::payload(&out)).unwrap();
+    assert_eq!(snac::find(&list, 5), Some(&b"proxy.test:5190"[..]));
+    let token = snac::find(&list, 6).unwrap().to_vec();
+
+    let mut bos = session(&tickets);
+    let Route::To { address, .. } = bos.route(&mut signon_with(&token)).unwrap() else {
+        panic!("routed by the token")
+    };
+    assert_eq!(address, "10.0.0.9:5191");
+    bos.snap.online = true;
+    bos.start_register().unwrap();
+    let RegisterStep::Continue(sent) = bos.on_register_frame(&hello) else {
+        panic!("the roasted login is replayed")
+    };
+    assert_eq!(flap::payload(&sent[0]), &signon[..]);
+    let refused = flap::build(4, 9, &[0, 8, 0, 2, 0, 5]);
+    let RegisterStep::Failed(why) = bos.on_register_frame(&refused) else {
+        panic!("a refusal fails the registration")
+    };
+    assert!(why.contains("0005"), "{why}");
+}
+
+/// However much state a client sets after sign-on, the record stays bounded: past the
+/// limit the session is refused a move rather than growing.
+#[test]
+fn the_snapshot_is_bounded() {
+    let tickets = Arc::new(Tickets::default());
+    let mut s = session(&tickets);
+    s.role = super::Role::Bos;
+    s.snap.online = true;
+    // Repeated status changes replace each other.
+    for i in 0..1000u32 {
+        let status = snac::build(0x01, 0x1e, i, &[0, 6, 0, 4, 0, 0, 0, (i % 7) as u8]);
+        s.observe(Direction::ClientToBackend, &flap::build(2, 1, &status));
+    }
+    assert!(s.snapshot_size() < 100, "{}", s.snapshot_size());
+    // Profiles of many kinds (distinct first TLVs) grow it to the limit, then it is dropped.
+    for i in 0..2000u16 {
+        let mut body = i.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0u8; 200]);
+        let info = snac::build(0x02, 0x04, 1, &body);
+        s.observe(Direction::ClientToBackend, &flap::build(2, 1, &info));
+        assert!(s.snapshot_size() <= super::MAX_SIGNON + 256);
+    }
+    assert!(s.can_migrate().is_err());
+}
