@@ -598,3 +598,75 @@ async fn a_session_moves_there_and_back() {
     assert_eq!(alice.seq_broken(), None);
     net.running.shutdown(Duration::from_secs(2)).await;
 }
+
+/// The real binary's log: a bad frame gets one line naming the problem, for that session only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_leaves_a_log_line_naming_the_problem() {
+    use std::io::BufRead;
+    let a = Server::start("a", oscar::hub()).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_handover"))
+        .args(["--log-format", "json", "serve", "--protocol", "oscar"])
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--backend", &format!("a={}", a.auth)])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _child = Killed(child);
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let l = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            l.lock()
+                .unwrap()
+                .push(serde_json::from_str(&line).expect("a JSON log line"));
+        }
+    });
+    let find = |message: &str, field: &str, has: &str| {
+        lines.lock().unwrap().iter().any(|v| {
+            v["fields"]["message"] == message
+                && v["fields"][field].as_str().is_some_and(|s| s.contains(has))
+        })
+    };
+    wait_for("listening", || find("listening", "protocol", "oscar")).await;
+    let addr = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|v| v["fields"]["message"] == "listening")
+        .and_then(|v| v["fields"]["address"].as_str().map(str::to_string))
+        .unwrap();
+    let mut bad = ClientConn::connect(&addr).await;
+    bad.send_raw(b"\x2b\x01\x00\x01\x00\x04\x00\x00\x00\x01")
+        .await;
+    wait_for("the refusal's log line", || {
+        find("connection refused", "why", "starts with 0x2b, not 0x2a")
+    })
+    .await;
+    let mut truncated = ClientConn::connect(&addr).await;
+    truncated.send(1, &[0, 0, 0, 1]).await;
+    truncated.send(2, &[0, 0x17, 0, 6]).await;
+    wait_for("the close's log line", || {
+        find("session closed", "why", "client sent a truncated SNAC")
+    })
+    .await;
+    wait_for("the client closed", || {
+        truncated.closed.load(Ordering::Relaxed)
+    })
+    .await;
+}
+
+/// Kills the proxy process this test started, also when the test fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
