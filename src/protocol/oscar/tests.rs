@@ -296,3 +296,65 @@ fn the_snapshot_is_bounded() {
     }
     assert!(s.can_migrate().is_err());
 }
+
+/// Peer input never panics: random mutations of real frames go through route, decode,
+/// observe (both ways) and the registration machine.
+#[test]
+fn mutated_frames_never_panic() {
+    let frames: Vec<Bytes> = VECTORS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(' ').nth(2).map(|h| Bytes::from(unhex(h))))
+        .collect();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let tickets = Arc::new(Tickets::default());
+    let auth = conn("bobaim-auth");
+    let login = Arc::new(super::tickets::Login {
+        challenge: Some(Bytes::copy_from_slice(flap::payload(&auth[1].1))),
+        request: Some(Bytes::copy_from_slice(flap::payload(&auth[2].1))),
+        ..Default::default()
+    });
+    for round in 0..20_000 {
+        let mut f = frames[next() as usize % frames.len()].to_vec();
+        for _ in 0..(next() % 4) {
+            let i = next() as usize % f.len();
+            f[i] = next() as u8;
+        }
+        if next() % 3 == 0 {
+            f.truncate(next() as usize % (f.len() + 1));
+        }
+        let mut s = session(&tickets);
+        let _ = s.route(&mut BytesMut::from(&f[..]));
+        s.role = [
+            super::Role::Login,
+            super::Role::Bos,
+            super::Role::Service(0x18),
+        ][round % 3];
+        s.snap.online = round % 2 == 0;
+        s.login = login.clone();
+        let registering = s.start_register().is_ok();
+        let mut buf = BytesMut::from(&f[..]);
+        while let Ok(Some(frame)) = flap::decode(&mut buf) {
+            s.observe(Direction::BackendToClient, &frame);
+            s.observe(Direction::ClientToBackend, &frame);
+            if registering {
+                // Walk the machine through the real login first, then the mutated frame.
+                for (_, real) in conn("bobaim-auth")
+                    .iter()
+                    .filter(|(c, _)| !c)
+                    .take(round % 4)
+                {
+                    s.on_register_frame(real);
+                }
+                s.on_register_frame(&frame);
+            }
+            s.is_flush_reply(&frame);
+        }
+    }
+}
