@@ -668,3 +668,53 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// With three backends, service connections follow their BOS session to the backend it moved
+/// to, not to the least-loaded one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_follow_their_bos_session() {
+    let hub = oscar::hub();
+    let (a, b, c) = (
+        Server::start("a", hub.clone()).await,
+        Server::start("b", hub.clone()).await,
+        Server::start("c", hub.clone()).await,
+    );
+    let text = proxy::config(
+        "oscar",
+        &[
+            ("a", a.auth.to_string()),
+            ("b", b.auth.to_string()),
+            ("c", c.auth.to_string()),
+        ],
+        "",
+        "",
+    );
+    let running = proxy::start(&text).await;
+    let engine = running.engine.clone();
+    let mut bob = Client::sign_on(running.listener("main"), BOB).await;
+    let sessions = || {
+        let mut v: Vec<(u64, String)> = engine
+            .sessions()
+            .into_iter()
+            .filter(|s| s.identity.as_deref() == Some(BOB))
+            .map(|s| (s.id.parse().unwrap(), s.backend))
+            .collect();
+        v.sort();
+        v
+    };
+    wait_for("bob's three sessions", || sessions().len() == 3).await;
+    assert!(sessions().iter().all(|(_, b)| b == "a"), "{:?}", sessions());
+    // The BOS session (the first) to c; b stays the least loaded.
+    let bos = sessions()[0].0.to_string();
+    let reply = engine.migrate(&bos, Some("c".into())).await.unwrap();
+    assert_eq!(reply.outcome, "ok", "{reply:?}");
+    let finished = engine.drain_wait("a").await.unwrap();
+    assert_eq!((finished.migrated, finished.failed), (2, 0), "{finished:?}");
+    assert!(sessions().iter().all(|(_, b)| b == "c"), "{:?}", sessions());
+    let on_c = c.service_conns.lock().unwrap().clone();
+    assert_eq!(on_c.len(), 2, "{on_c:?}");
+    assert!(b.service_conns.lock().unwrap().is_empty());
+    bob.ping().await;
+    assert_eq!(bob.seq_broken(), None);
+    running.shutdown(Duration::from_secs(2)).await;
+}

@@ -165,6 +165,12 @@ pub trait SessionAdapter: Send + 'static {
         self.identity().as_deref() == current
     }
 
+    /// The backend a move should go to when nobody named one (OSCAR: a service connection
+    /// follows its BOS session). `None`: the least-loaded, as for any session.
+    fn preferred_backend(&self) -> Option<String> {
+        None
+    }
+
     /// A clean refusal when this session cannot be moved now (counted, never attempted).
     fn can_migrate(&self) -> Result<(), String> {
         Ok(())

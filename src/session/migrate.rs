@@ -199,11 +199,26 @@ impl Session {
             }
             return refuse(self, why, reply);
         }
-        let target = match self.ctx.registry.reserve(
-            &self.ctx.listener,
-            &[self.backend_name.as_str()],
-            to.as_deref(),
-        ) {
+        let exclude = [self.backend_name.as_str()];
+        // Where the adapter would rather go (when nobody named a backend), if it can.
+        let preferred = to
+            .is_none()
+            .then(|| self.adapter.preferred_backend())
+            .flatten()
+            .and_then(|p| {
+                self.ctx
+                    .registry
+                    .reserve(&self.ctx.listener, &exclude, Some(&p))
+                    .ok()
+            });
+        let reserved = match preferred {
+            Some(target) => Ok(target),
+            None => self
+                .ctx
+                .registry
+                .reserve(&self.ctx.listener, &exclude, to.as_deref()),
+        };
+        let target = match reserved {
             Ok(target) => target,
             Err(why) if self.backend.is_none() => {
                 // Failover with nowhere to go yet: try again shortly.

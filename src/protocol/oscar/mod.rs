@@ -510,6 +510,15 @@ impl SessionAdapter for OscarSession {
         }
     }
 
+    /// A service connection follows its BOS session to the backend it moved to.
+    fn preferred_backend(&self) -> Option<String> {
+        let Role::Service(family) = self.role else {
+            return None;
+        };
+        let name = self.screen_name.as_deref()?;
+        self.tickets.handoff(name, family).map(|h| h.backend)
+    }
+
     fn start_register(&mut self) -> Result<RegisterStart, String> {
         self.can_fail_over()?;
         self.reg = Some(register::Register::new());
@@ -550,7 +559,9 @@ impl SessionAdapter for OscarSession {
             self.to_backend = reg.seq;
             // Only now, with the BOS session on the new backend, may its services follow.
             for (family, address, cookie) in reg.handoffs {
-                self.tickets.leave_handoff(&name, family, &address, &cookie);
+                let backend = self.backend.clone();
+                self.tickets
+                    .leave_handoff(&name, family, &backend, &address, &cookie);
             }
         }
         if let Role::Service(family) = self.role {

@@ -78,6 +78,8 @@ pub struct Ticket {
 /// A service on a new backend, asked for by the migrated BOS session.
 #[derive(Debug, Clone)]
 pub struct Handoff {
+    /// The backend the BOS session moved to (where the service should follow).
+    pub backend: String,
     pub address: String,
     pub cookie: Bytes,
     issued: Instant,
@@ -178,7 +180,14 @@ impl Tickets {
         (Instant::now() - ticket.issued < TTL).then_some(ticket)
     }
 
-    pub fn leave_handoff(&self, screen_name: &str, family: u16, address: &str, cookie: &[u8]) {
+    pub fn leave_handoff(
+        &self,
+        screen_name: &str,
+        family: u16,
+        backend: &str,
+        address: &str,
+        cookie: &[u8],
+    ) {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.handoffs.retain(|_, h| now - h.issued < TTL);
@@ -188,6 +197,7 @@ impl Tickets {
         inner.handoffs.insert(
             (normalize(screen_name), family),
             Handoff {
+                backend: backend.to_string(),
                 address: address.to_string(),
                 cookie: Bytes::copy_from_slice(cookie),
                 issued: now,
