@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need on a fresh Debian 12 machine (run as root):
 #   * real IRC servers ngircd and inspircd (two of each are linked per test), socat;
+#   * tshark, to decode handover's OSCAR output independently of our own parser;
 #   * a Python venv at ./venv with the real client libraries irc (jaraco) and pydle, and
 #     PyYAML + kubernetes-validate (offline OpenAPI schemas) for deploy/kubernetes/;
 #   * prometheus + promtool (a real Prometheus scrapes handover in tests/prometheus.rs and
@@ -22,6 +23,8 @@ missing=()
 command -v ngircd >/dev/null 2>&1 || [ -x /usr/sbin/ngircd ] || missing+=(ngircd)
 command -v inspircd >/dev/null 2>&1 || [ -x /usr/sbin/inspircd ] || missing+=(inspircd)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+# tshark: an independent FLAP/SNAC decoder for what handover sends (tests/oscar_migration.rs).
+command -v tshark >/dev/null 2>&1 || missing+=(tshark)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # `man`, which systemd-analyze verify runs for the unit's Documentation=man:handover(1).
@@ -69,4 +72,4 @@ if ! want_ok; then
         "kubernetes-validate==$K8S_VALIDATE_VERSION"
     want_ok || { log "venv check failed after pip install"; exit 1; }
 fi
-log "ok (ngircd, inspircd, socat, prometheus, systemd-analyze, venv with irc $IRC_VERSION + pydle $PYDLE_VERSION + PyYAML $PYYAML_VERSION + kubernetes-validate $K8S_VALIDATE_VERSION)"
+log "ok (ngircd, inspircd, socat, tshark, prometheus, systemd-analyze, venv with irc $IRC_VERSION + pydle $PYDLE_VERSION + PyYAML $PYYAML_VERSION + kubernetes-validate $K8S_VALIDATE_VERSION)"

@@ -13,7 +13,7 @@ use crate::telemetry::LogFormat;
 
 /// `handover --help`: what the program is, the commands, and where everything else lives.
 const LONG_ABOUT: &str = "\
-A front proxy for long-lived TCP and TLS sessions (IRC, raw byte streams) that moves live \
+A front proxy for long-lived TCP and TLS sessions (IRC, OSCAR/AIM, raw byte streams) that moves live \
 sessions between backends without the client noticing.
 
 Clients connect to handover; handover connects each one to a backend of the listener's pool. \

@@ -105,6 +105,11 @@ pub struct ListenerConfig {
     /// temporary nick while the old one still holds the real one (default true).
     #[serde(default)]
     pub irc_linked: Option<bool>,
+    /// OSCAR only: the host:port clients are told to connect to for BOS and services (login
+    /// replies and service redirects are rewritten to it). Default: the address the client
+    /// reached this listener at.
+    #[serde(default)]
+    pub advertise: Option<String>,
     /// Most sessions this listener holds at once; past it new clients are closed at once.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
@@ -364,6 +369,7 @@ impl Config {
                 prelude_bytes: 0,
                 prelude_settle_ms: default_prelude_settle_ms(),
                 irc_linked: None,
+                advertise: None,
                 max_sessions: default_max_sessions(),
                 handshake_timeout_ms: default_handshake_timeout_ms(),
                 max_sessions_per_ip: 0,
@@ -463,6 +469,17 @@ impl Config {
                     ),
                 )
             })?;
+            if let Some(advertise) = &l.advertise {
+                let key = format!("{key}.advertise");
+                if l.protocol != "oscar" {
+                    return Err(ConfigError::new(
+                        file,
+                        key,
+                        format!("applies only to oscar listeners, not {}", l.protocol),
+                    ));
+                }
+                check_backend_address(file, &key, advertise)?;
+            }
             if l.backends.is_empty() {
                 return Err(ConfigError::new(
                     file,

@@ -189,12 +189,31 @@ impl DrainJob {
                 let result = handle.migrate(None, MigrationReason::Drain).await;
                 drop(permit);
                 match result {
-                    Some(r) if r.outcome == Outcome::Ok => migrated.fetch_add(1, Ordering::Relaxed),
-                    Some(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    None => 0, // the session ended meanwhile
-                };
+                    Some(r) if r.outcome == Outcome::Ok => {
+                        migrated.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Refused before anything was tried: it may wait for another session of
+                    // this round (an OSCAR service connection for its BOS session), so it
+                    // gets one more try once the round's moves are over.
+                    Some(r) if !r.attempted => return Some(handle),
+                    Some(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {} // the session ended meanwhile
+                }
+                None
             });
         }
-        while tasks.join_next().await.is_some() {}
+        let mut refused = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            refused.extend(joined.ok().flatten());
+        }
+        for handle in refused {
+            match handle.migrate(None, MigrationReason::Drain).await {
+                Some(r) if r.outcome == Outcome::Ok => migrated.fetch_add(1, Ordering::Relaxed),
+                Some(_) => failed.fetch_add(1, Ordering::Relaxed),
+                None => 0,
+            };
+        }
     }
 }

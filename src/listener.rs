@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -16,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::config::{BackendConfig, ListenerConfig};
 use crate::net::connect::connect;
 use crate::net::Stream;
-use crate::protocol::Protocol;
+use crate::protocol::{Protocol, Route, SessionAdapter};
 use crate::session::{self, SessionCtx};
 
 pub struct ListenerTask {
@@ -135,11 +136,12 @@ impl ListenerTask {
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move {
             let _slots = slots;
-            let Some((client, backend, backend_config)) = Box::pin(self.set_up(tcp, addr)).await
+            let mut adapter = self.protocol.new_session(&self.config);
+            let Some((client, backend, backend_config)) =
+                Box::pin(self.set_up(tcp, addr, &mut *adapter)).await
             else {
                 return;
             };
-            let adapter = self.protocol.new_session(&self.config);
             // Everything is moved into the call, so only the session's future is kept.
             session::run(
                 self.ctx.clone(),
@@ -159,8 +161,10 @@ impl ListenerTask {
         &self,
         tcp: TcpStream,
         addr: SocketAddr,
+        adapter: &mut dyn SessionAdapter,
     ) -> Option<(Stream, Stream, BackendConfig)> {
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
         let client = match &self.tls {
             None => Stream::Plain(tcp),
             Some(acceptor) => {
@@ -178,7 +182,33 @@ impl ListenerTask {
                 }
             }
         };
-        let Some((backend, config)) = self.connect_backend(addr).await else {
+        let limit = Duration::from_millis(self.config.handshake_timeout_ms);
+        let (client, route) =
+            match tokio::time::timeout(limit, route::route(client, local, adapter)).await {
+                Ok(Ok(routed)) => routed,
+                Ok(Err(why)) => {
+                    self.refuse(addr, "first_frame", &why);
+                    return None;
+                }
+                Err(_) => {
+                    self.refuse(
+                        addr,
+                        "first_frame",
+                        "the client's first frame took too long",
+                    );
+                    return None;
+                }
+            };
+        let (send, connected) = match route {
+            Route::Need(_) => unreachable!("route() loops until routed"),
+            Route::Pool(send) => (send, self.connect_backend(addr).await),
+            Route::To {
+                backend,
+                address,
+                send,
+            } => (Some(send), self.connect_to(addr, &backend, address).await),
+        };
+        let Some((mut backend, config)) = connected else {
             self.refuse(
                 addr,
                 "no_backend",
@@ -186,7 +216,35 @@ impl ListenerTask {
             );
             return None;
         };
+        if let Some(send) = send {
+            if let Err(e) = backend.write_all(&send).await {
+                info!(listener = %self.config.name, backend = %config.name, error = %e, "backend write failed");
+                self.ctx.registry.release(&config.name);
+                return None;
+            }
+        }
         Some((client, backend, config))
+    }
+
+    /// A connection routed to a backend's session (OSCAR BOS or service), at the address the
+    /// backend itself named.
+    async fn connect_to(
+        &self,
+        addr: SocketAddr,
+        backend: &str,
+        address: String,
+    ) -> Option<(Stream, BackendConfig)> {
+        let timeout = Duration::from_millis(self.ctx.migration.connect_timeout_ms);
+        let mut config = self.ctx.registry.reserve_on(backend)?;
+        config.address = address;
+        match connect(&config, addr, timeout).await {
+            Ok(stream) => Some((stream, config)),
+            Err(e) => {
+                self.ctx.registry.release(&config.name);
+                info!(listener = %self.config.name, backend = %config.name, error = %e, "backend connect failed");
+                None
+            }
+        }
     }
 
     /// Tries the pool's backends, least-loaded first, each once.
@@ -207,6 +265,55 @@ impl ListenerTask {
                     info!(listener = %self.config.name, backend = %backend.name, error = %e, "backend connect failed");
                     failed.push(backend.name);
                 }
+            }
+        }
+    }
+}
+
+mod route {
+    //! Before a backend is chosen: the adapter's greeting, and reading the client's first
+    //! frame for protocols that route by it (OSCAR's cookie). Reads exactly what the adapter
+    //! asks for, so nothing past that frame is consumed here.
+
+    use std::net::SocketAddr;
+
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::net::Stream;
+    use crate::protocol::{Route, SessionAdapter};
+
+    pub async fn route(
+        mut client: Stream,
+        local: Option<SocketAddr>,
+        adapter: &mut dyn SessionAdapter,
+    ) -> Result<(Stream, Route), String> {
+        if let Some(local) = local {
+            if let Some(greeting) = adapter.greeting(local) {
+                client
+                    .write_all(&greeting)
+                    .await
+                    .map_err(|e| format!("client: {e}"))?;
+            }
+        }
+        let mut buf = BytesMut::new();
+        loop {
+            match adapter
+                .route(&mut buf)
+                .map_err(|e| format!("client sent {e}"))?
+            {
+                Route::Need(n) => {
+                    let want = n.saturating_sub(buf.len()).max(1) as u64;
+                    let read = (&mut client)
+                        .take(want)
+                        .read_buf(&mut buf)
+                        .await
+                        .map_err(|e| format!("client: {e}"))?;
+                    if read == 0 {
+                        return Err("the client closed before its first frame".into());
+                    }
+                }
+                route => return Ok((client, route)),
             }
         }
     }

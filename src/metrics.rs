@@ -198,8 +198,13 @@ pub struct Gauges {
 pub const BACKEND_STATES: [&str; 4] = ["active", "draining", "drained", "down"];
 
 /// The `reason` labels of `handover_connections_refused_total` (see `listener.rs`).
-pub const REFUSED_REASONS: [&str; 4] =
-    ["max_sessions", "no_backend", "tls_handshake", "tls_timeout"];
+pub const REFUSED_REASONS: [&str; 5] = [
+    "max_sessions",
+    "no_backend",
+    "tls_handshake",
+    "tls_timeout",
+    "first_frame",
+];
 
 /// The `reason` labels of `handover_sessions_closed_total` (`session::CloseReason::label`).
 pub const CLOSE_REASONS: [&str; 7] = [

@@ -158,6 +158,16 @@ impl Registry {
         Ok(b.config.clone())
     }
 
+    /// Reserves a place on the named backend whatever its state: for a connection that belongs
+    /// to a session the backend already holds (an OSCAR BOS or service connection). A drain
+    /// then moves it like any other.
+    pub fn reserve_on(&self, backend: &str) -> Option<BackendConfig> {
+        let mut inner = self.lock();
+        let b = inner.backends.get_mut(backend)?;
+        b.pending += 1;
+        Some(b.config.clone())
+    }
+
     /// Gives back a reservation that did not become a session.
     pub fn release(&self, backend: &str) {
         if let Some(b) = self.lock().backends.get_mut(backend) {

@@ -4,6 +4,7 @@
 //! and frames. Adding a protocol is one new module here and one line in [`PROTOCOLS`].
 
 pub mod irc;
+pub mod oscar;
 pub mod raw;
 
 use std::time::Duration;
@@ -36,7 +37,8 @@ pub enum Verdict {
     Hide,
     /// Drop the frame and send these bytes back to the side it came from (e.g. answer a PING).
     Reply(Bytes),
-    /// The backend asks the client to move to this address: hide the frame and migrate there.
+    /// The backend asks the client to move to this address (or configured backend name): hide
+    /// the frame and migrate there.
     MoveTo(String),
 }
 
@@ -53,6 +55,27 @@ pub enum RegisterStep {
     Done(Vec<Bytes>),
     /// The new backend refused the session; the reason is logged and counted.
     Failed(String),
+    /// Close this registration link, connect to `address` (a host:port the backend named, e.g.
+    /// OSCAR's BOS server after a login on the authorization server) and send these frames
+    /// there; registration goes on with that link's frames, under the same deadline.
+    Reconnect { address: String, send: Vec<Bytes> },
+}
+
+/// Where a client connection goes, decided before any backend is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Read from the client until the buffer holds this many bytes, then ask again.
+    Need(usize),
+    /// Place the session in the listener's pool; write `send` to the backend first.
+    Pool(Option<Bytes>),
+    /// The connection belongs to a session the backend `backend` already knows (OSCAR: the
+    /// cookie it presents), at `address` rather than the backend's configured one, even if
+    /// that backend is draining (the drain then moves it); write `send` there first.
+    To {
+        backend: String,
+        address: String,
+        send: Bytes,
+    },
 }
 
 /// How re-registration on the new backend begins.
@@ -100,6 +123,23 @@ pub trait Protocol: Send + Sync + 'static {
 /// held ones first, then `held_lines_done`. A failed migration calls `abort_migration` and the
 /// adapter must behave as if it never began.
 pub trait SessionAdapter: Send + 'static {
+    /// Bytes written to the client as soon as it is accepted, before anything is read from it
+    /// (OSCAR: the server speaks first, and handover answers for every backend).
+    /// `accepted_on` is the local address the client reached, which OSCAR advertises back to
+    /// it when no `advertise` address is configured.
+    fn greeting(&mut self, _accepted_on: std::net::SocketAddr) -> Option<Bytes> {
+        None
+    }
+
+    /// Called with what the client sent so far, before any backend is chosen; consumes what
+    /// it routes by. The default places every session by the pool without reading anything.
+    fn route(&mut self, _buf: &mut BytesMut) -> Result<Route, FrameError> {
+        Ok(Route::Pool(None))
+    }
+
+    /// The session is on this backend now: at the start and after every cut-over.
+    fn on_backend(&mut self, _backend: &BackendConfig) {}
+
     /// Splits one frame off the front of `buf`. `Ok(None)` means more bytes are needed;
     /// `Err` closes this session. Must enforce the protocol's hard size limits itself.
     fn decode(&mut self, dir: Direction, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError>;
@@ -123,6 +163,12 @@ pub trait SessionAdapter: Send + 'static {
     /// adapter with an identity answers without allocating.
     fn identity_is(&self, current: Option<&str>) -> bool {
         self.identity().as_deref() == current
+    }
+
+    /// The backend a move should go to when nobody named one (OSCAR: a service connection
+    /// follows its BOS session). `None`: the least-loaded, as for any session.
+    fn preferred_backend(&self) -> Option<String> {
+        None
     }
 
     /// A clean refusal when this session cannot be moved now (counted, never attempted).
@@ -212,6 +258,7 @@ type Constructor = fn(&ListenerConfig) -> Box<dyn Protocol>;
 /// protocols by name through it.
 pub const PROTOCOLS: &[(&str, Constructor)] = &[
     ("irc", |l| Box::new(irc::IrcProtocol::new(l))),
+    ("oscar", |l| Box::new(oscar::OscarProtocol::new(l))),
     ("raw", |l| Box::new(raw::RawProtocol::new(l))),
 ];
 

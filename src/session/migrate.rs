@@ -33,7 +33,9 @@ type Connecting = Pin<
 >;
 
 enum Phase {
-    Connecting(Connecting),
+    /// Connecting to the target; with `Some(frames)` this is a registration's reconnect
+    /// (`RegisterStep::Reconnect`): registration goes on there after sending them.
+    Connecting(Connecting, Option<Vec<Bytes>>),
     Registering {
         link: Link,
         deadline: Instant,
@@ -65,6 +67,8 @@ pub(super) struct Migration {
     held_b_len: usize,
     /// Held for failovers, so a dead backend's sessions reach the next one paced.
     _permit: Option<OwnedSemaphorePermit>,
+    /// When registration times out; a reconnect during registration keeps it.
+    register_deadline: Instant,
 }
 
 pub(super) enum MigrationEvent {
@@ -79,7 +83,7 @@ pub(super) async fn poll(m: &mut Option<Box<Migration>>) -> MigrationEvent {
     };
     let read_ok = m.held_b_len < OUT_LIMIT;
     match &mut m.phase {
-        Phase::Connecting(fut) => {
+        Phase::Connecting(fut, _) => {
             let (result, permit) = fut.await;
             MigrationEvent::Connected(result, permit)
         }
@@ -195,11 +199,26 @@ impl Session {
             }
             return refuse(self, why, reply);
         }
-        let target = match self.ctx.registry.reserve(
-            &self.ctx.listener,
-            &[self.backend_name.as_str()],
-            to.as_deref(),
-        ) {
+        let exclude = [self.backend_name.as_str()];
+        // Where the adapter would rather go (when nobody named a backend), if it can.
+        let preferred = to
+            .is_none()
+            .then(|| self.adapter.preferred_backend())
+            .flatten()
+            .and_then(|p| {
+                self.ctx
+                    .registry
+                    .reserve(&self.ctx.listener, &exclude, Some(&p))
+                    .ok()
+            });
+        let reserved = match preferred {
+            Some(target) => Ok(target),
+            None => self
+                .ctx
+                .registry
+                .reserve(&self.ctx.listener, &exclude, to.as_deref()),
+        };
+        let target = match reserved {
             Ok(target) => target,
             Err(why) if self.backend.is_none() => {
                 // Failover with nowhere to go yet: try again shortly.
@@ -229,7 +248,7 @@ impl Session {
             target,
             started: Instant::now(),
             paused_at: if lost { self.lost_since } else { None },
-            phase: Phase::Connecting(connect_fut),
+            phase: Phase::Connecting(connect_fut, None),
             reply,
             mark_pending: false,
             flush_expired: false,
@@ -237,6 +256,7 @@ impl Session {
             held_b: VecDeque::new(),
             held_b_len: 0,
             _permit: None,
+            register_deadline: Instant::now(),
         }));
     }
 
@@ -256,8 +276,21 @@ impl Session {
 
     fn begin_register(&mut self, stream: Stream, permit: Option<OwnedSemaphorePermit>) {
         let m = self.migration.as_mut().expect("connecting");
-        m._permit = permit;
+        if permit.is_some() {
+            m._permit = permit;
+        }
         let mut link = Link::new(stream);
+        if let Phase::Connecting(_, Some(send)) = &mut m.phase {
+            // A registration's reconnect: same deadline, registration goes on.
+            std::mem::take(send).into_iter().for_each(|f| link.push(f));
+            let deadline = m.register_deadline;
+            m.phase = Phase::Registering {
+                link,
+                deadline,
+                settle: false,
+            };
+            return;
+        }
         if let Some(prelude) = self.adapter.backend_prelude(&m.target, &self.client_info) {
             link.push(prelude);
         }
@@ -271,6 +304,7 @@ impl Session {
                     Some(settle) => (Instant::now() + settle.min(timeout), true),
                     None => (Instant::now() + timeout, false),
                 };
+                m.register_deadline = deadline;
                 m.phase = Phase::Registering {
                     link,
                     deadline,
@@ -321,8 +355,22 @@ impl Session {
                 RegisterStep::Failed(why) => {
                     return self.abort_migration(&format!("the new backend refused: {why}"))
                 }
+                RegisterStep::Reconnect { address, send } => return self.reconnect(address, send),
             }
         }
+    }
+
+    /// Registration continues on another address the new backend named (OSCAR: its BOS after
+    /// the login): the current registration link is dropped.
+    fn reconnect(&mut self, address: String, send: Vec<Bytes>) {
+        let m = self.migration.as_mut().expect("registering");
+        let mut target = m.target.clone();
+        target.address = address;
+        let client = self.client_info.addr;
+        let timeout = Duration::from_millis(self.ctx.migration.connect_timeout_ms);
+        let fut: Connecting =
+            Box::pin(async move { (connect(&target, client, timeout).await, None) });
+        m.phase = Phase::Connecting(fut, Some(send));
     }
 
     /// B is ready: pause the client and send A the flush mark.
@@ -386,6 +434,7 @@ impl Session {
                 until: Instant::now() + DETACHED_GRACE,
             }));
         }
+        self.adapter.on_backend(&m.target);
         for frame in self.adapter.cutover() {
             tracing::debug!(line = %String::from_utf8_lossy(&frame).trim_end(), "cut over: to the new backend");
             link.push(frame);

@@ -298,7 +298,7 @@ pub fn run(
     client_addr: SocketAddr,
     backend: crate::net::Stream,
     backend_config: &BackendConfig,
-    adapter: Box<dyn SessionAdapter>,
+    mut adapter: Box<dyn SessionAdapter>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let id = ctx.registry.next_session_id();
     let cmds = Arc::new(Mailbox::new());
@@ -321,6 +321,7 @@ pub fn run(
         addr: client_addr,
         tls,
     };
+    adapter.on_backend(backend_config);
     let mut backend = Link::new(backend);
     // The same prelude as on every later backend (IRC WEBIRC), before any client byte.
     if let Some(prelude) = adapter.backend_prelude(backend_config, &client_info) {
@@ -675,7 +676,7 @@ impl Session {
             .registry
             .backends()
             .into_iter()
-            .find(|b| b.config.address == addr)
+            .find(|b| b.config.address == addr || b.config.name == addr)
             .map(|b| b.config.name);
         match target {
             Some(name) => self.start_migration(Some(name), MigrationReason::Backend, None),

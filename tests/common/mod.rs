@@ -6,6 +6,7 @@ pub mod fake_irc;
 pub mod irc_chat;
 pub mod irc_client;
 pub mod ircd;
+pub mod oscar;
 pub mod prometheus;
 pub mod proxy;
 pub mod rss;
