@@ -9,3 +9,4 @@ pub mod ircd;
 pub mod prometheus;
 pub mod proxy;
 pub mod rss;
+pub mod streamer;
