@@ -84,11 +84,12 @@ impl Reloader {
             c.admin_insecure_flag = flag;
         })?;
         needs_restart(current, &new)?;
-        // Everything that reads files, before anything changes.
+        // Everything that reads files, before anything changes. `load` has checked the
+        // certificates already; they are read again here in case they changed meanwhile.
         let mut states = Vec::new();
         for (i, l) in new.listener.iter().enumerate() {
             let state = ListenerState::build(l, &new.migration, &self.shared)
-                .map_err(|p| ConfigError::new(&new.source, format!("listener[{i}]"), p))?;
+                .map_err(|p| ConfigError::new(&new.source, format!("listener[{i}].tls"), p))?;
             states.push(state);
         }
         let token = match &new.admin.token_file {

@@ -428,16 +428,28 @@ async fn a_bad_config_is_refused_over_http_and_the_old_one_keeps_serving() {
         file.path.display()
     );
     assert_eq!(message, expected);
-    // `handover check` prints the same sentence.
-    let check = Command::new(env!("CARGO_BIN_EXE_handover"))
-        .args(["check", "--config", file.path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(check.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&check.stderr).contains(&expected),
-        "{check:?}"
-    );
+    // `handover check` prints the same sentence, and so does `handover reload` (exit 1).
+    let (path, admin_url) = (file.path.clone(), url.clone());
+    let (check, cli) = tokio::task::spawn_blocking(move || {
+        let bin = env!("CARGO_BIN_EXE_handover");
+        let check = Command::new(bin)
+            .args(["check", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let cli = Command::new(bin)
+            .args(["reload", "--admin", &admin_url])
+            .env("HANDOVER_ADMIN_TOKEN", "s3cret")
+            .output()
+            .unwrap();
+        (check, cli)
+    })
+    .await
+    .unwrap();
+    for out in [&check, &cli] {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&expected), "{err}");
+    }
 
     // A listener moved: refused too, as needing a restart.
     file.write(&good.replacen(
@@ -460,7 +472,7 @@ async fn a_bad_config_is_refused_over_http_and_the_old_one_keeps_serving() {
     assert!(echoes(&mut new, "HELLO\nnew\n").await);
     assert_eq!(
         metric(&running, "handover_reloads_total{outcome=\"failed\"}"),
-        Some(2.0)
+        Some(3.0)
     );
     assert_eq!(
         metric(&running, "handover_reloads_total{outcome=\"ok\"}"),
