@@ -201,6 +201,55 @@ async fn a_removed_backend_is_drained_then_removed_and_no_session_closes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_that_cannot_drain_keeps_its_session_and_can_come_back() {
+    let (a, b) = (EchoBackend::start().await, EchoBackend::start().await);
+    let file = ConfigFile::new("comeback", &raw_config(&[("a", &a), ("b", &b)], "", ""));
+    let running = proxy::start_file(&file.path).await;
+    let engine = running.engine.clone();
+    // b is drained by the operator and stays so: a's session has nowhere to go.
+    engine.drain("b").unwrap();
+    let mut client = TcpStream::connect(running.listener("main")).await.unwrap();
+    assert!(echoes(&mut client, "HELLO\none\n").await);
+
+    file.write(&raw_config(&[("b", &b)], "", ""));
+    assert_eq!(reload(&running).backends_removing, ["a"]);
+    wait_for("a drain that cannot move the session", || {
+        metric(
+            &running,
+            "handover_migrations_total{protocol=\"raw\",reason=\"drain\",outcome=\"aborted\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert_eq!(engine.backend("a").unwrap().state, "draining");
+    assert!(
+        echoes(&mut client, "two\n").await,
+        "the session stays, working"
+    );
+
+    // Back in the file: the removal stops and a takes sessions again.
+    file.write(&raw_config(&[("a", &a), ("b", &b)], "", ""));
+    assert_eq!(reload(&running).backends_added, ["a"]);
+    let view = engine.backend("a").unwrap();
+    assert_eq!(
+        (view.state.as_str(), view.pools.as_slice()),
+        ("active", &["main".to_string()][..])
+    );
+    assert!(echoes(&mut client, "three\n").await);
+    let mut second = TcpStream::connect(running.listener("main")).await.unwrap();
+    assert!(echoes(&mut second, "HELLO\nsecond\n").await);
+    assert_eq!(
+        engine
+            .sessions()
+            .iter()
+            .filter(|s| s.backend == "a")
+            .count(),
+        2
+    );
+    running.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_address_is_used_by_new_sessions_and_open_ones_stay() {
     let (a, moved, c) = (
         EchoBackend::start().await,
