@@ -110,7 +110,7 @@ impl ListenerTask {
                         );
                         continue;
                     };
-                    this.tracker.spawn(serve(state, tcp, addr, (slot, ip_slot)));
+                    this.tracker.spawn(state.serve(tcp, addr, (slot, ip_slot)));
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
                     // Out of file descriptors: back off instead of spinning on accept.
@@ -150,37 +150,6 @@ impl ListenerTask {
             per_ip: self.per_ip.clone(),
             ip,
         }))
-    }
-}
-
-/// The whole life of one client connection. The set-up (TLS handshake, backend connect)
-/// runs in its own boxed future: a task's future is allocated once at its largest, and
-/// for the session's whole life it should be only as large as the session itself. Not an
-/// `async fn` for the same reason: those store by-value arguments twice.
-#[allow(clippy::manual_async_fn)] // deliberate, see above
-fn serve(
-    state: Arc<ListenerState>,
-    tcp: TcpStream,
-    addr: SocketAddr,
-    slots: (Slot, Option<IpSlot>),
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _slots = slots;
-        let Some((client, backend, backend_config)) = Box::pin(state.set_up(tcp, addr)).await
-        else {
-            return;
-        };
-        let adapter = state.protocol.new_session(&state.config);
-        // Everything is moved into the call, so only the session's future is kept.
-        session::run(
-            state.ctx.clone(),
-            client,
-            addr,
-            backend,
-            &backend_config,
-            adapter,
-        )
-        .await;
     }
 }
 
@@ -230,6 +199,37 @@ impl ListenerState {
             .metrics
             .connection_refused(&self.config.name, label);
         info!(listener = %self.config.name, client.addr = %addr, why, "connection refused");
+    }
+
+    /// The whole life of one client connection. The set-up (TLS handshake, backend connect)
+    /// runs in its own boxed future: a task's future is allocated once at its largest, and
+    /// for the session's whole life it should be only as large as the session itself. Not an
+    /// `async fn` for the same reason: those store by-value arguments twice.
+    #[allow(clippy::manual_async_fn)] // deliberate, see above
+    fn serve(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        slots: (Slot, Option<IpSlot>),
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        async move {
+            let _slots = slots;
+            let Some((client, backend, backend_config)) = Box::pin(self.set_up(tcp, addr)).await
+            else {
+                return;
+            };
+            let adapter = self.protocol.new_session(&self.config);
+            // Everything is moved into the call, so only the session's future is kept.
+            session::run(
+                self.ctx.clone(),
+                client,
+                addr,
+                backend,
+                &backend_config,
+                adapter,
+            )
+            .await;
+        }
     }
 
     /// TLS handshake and backend connect: the client stream, the backend stream and the
