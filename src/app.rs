@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::admin::api::ControlApi;
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig};
 use crate::control::Engine;
 use crate::drain::Drains;
 use crate::listener::{ListenerState, ListenerTask, Shared};
@@ -77,28 +77,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut listeners = Vec::new();
     let mut states = Vec::new();
     for l in &config.listener {
-        let state = ListenerState::build(l, &config.migration, &shared).map_err(|problem| {
-            anyhow::anyhow!("{}: listener `{}`: {problem}", config.source, l.name)
-        })?;
-        // Zero series from the start, so rate() and alerts see the first event.
-        registry
-            .metrics
-            .preregister(&[(&l.name, state.protocol.name())]);
-        let socket = TcpListener::bind(&l.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} for listener `{}`", l.listen, l.name))?;
-        let addr = socket.local_addr()?;
-        info!(listener = %l.name, address = %addr, protocol = state.protocol.name(), "listening");
+        let (addr, state) = bind_listener(l, &config, &shared, &tracker).await?;
         listeners.push((l.name.clone(), addr));
-        let state = Arc::new(Live::new(state));
-        states.push((l.name.clone(), state.clone()));
-        let task = ListenerTask {
-            state,
-            tracker: tracker.clone(),
-            open: Default::default(),
-            per_ip: Default::default(),
-        };
-        tracker.spawn(task.run(socket));
+        states.push((l.name.clone(), state));
     }
 
     let admin_socket = TcpListener::bind(&config.admin.listen)
@@ -146,6 +127,37 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         tracker,
     })
+}
+
+/// Binds one listener and spawns its accept loop; its state is what a reload replaces.
+async fn bind_listener(
+    l: &ListenerConfig,
+    config: &Config,
+    shared: &Shared,
+    tracker: &TaskTracker,
+) -> anyhow::Result<(SocketAddr, Arc<Live<ListenerState>>)> {
+    let state = ListenerState::build(l, &config.migration, shared).map_err(|problem| {
+        anyhow::anyhow!("{}: listener `{}`: {problem}", config.source, l.name)
+    })?;
+    // Zero series from the start, so rate() and alerts see the first event.
+    shared
+        .registry
+        .metrics
+        .preregister(&[(&l.name, state.protocol.name())]);
+    let socket = TcpListener::bind(&l.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for listener `{}`", l.listen, l.name))?;
+    let addr = socket.local_addr()?;
+    info!(listener = %l.name, address = %addr, protocol = state.protocol.name(), "listening");
+    let state = Arc::new(Live::new(state));
+    let task = ListenerTask {
+        state: state.clone(),
+        tracker: tracker.clone(),
+        open: Default::default(),
+        per_ip: Default::default(),
+    };
+    tracker.spawn(task.run(socket));
+    Ok((addr, state))
 }
 
 /// `handover serve`: runs until SIGTERM (graceful, 10 s grace) or SIGINT (at once). Under
