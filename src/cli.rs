@@ -21,13 +21,13 @@ When an operator drains a backend, when a backend dies, or when a backend asks i
 move, handover registers the session on another backend and swaps the link under the client \
 socket: no reconnect, no second welcome, no lost or duplicated message.
 
-`serve` runs the proxy. `check` validates a config file. `status`, `drain`, `undrain` and \
-`migrate` talk to a running proxy's admin HTTP API. `completions` and `man` print shell \
+`serve` runs the proxy. `check` validates a config file. `status`, `drain`, `undrain`, \
+`migrate` and `reload` talk to a running proxy's admin HTTP API. `completions` and `man` print shell \
 completions and manual pages.";
 
 const AFTER_LONG_HELP: &str = "\
 Environment:
-  HANDOVER_ADMIN_TOKEN  bearer token for the admin API (status, drain, undrain, migrate)
+  HANDOVER_ADMIN_TOKEN  bearer token for the admin API (status, drain, undrain, migrate, reload)
   RUST_LOG              log filter for serve, like `info` (the default) or `handover=debug`
   NOTIFY_SOCKET         set by systemd for Type=notify; serve sends READY=1 when bound
 
@@ -51,7 +51,8 @@ migration, abort, failover and refused connection has one line carrying the sess
 `session.id`. Under systemd (Type=notify) READY=1 is sent once every listener and the admin \
 API are bound.
 
-SIGTERM stops accepting, closes every session after flushing what is queued, and exits within \
+SIGHUP reloads the config file (like `handover reload`) without closing a session. SIGTERM \
+stops accepting, closes every session after flushing what is queued, and exits within \
 10 seconds. SIGINT exits at once. Drain backends, not the proxy: a stopped proxy disconnects \
 its clients.";
 
@@ -95,6 +96,20 @@ The session id is the one `handover status` shows (and `session.id` in the logs)
 --to the least-loaded healthy backend of the session's pool is chosen. Prints the move and \
 exits 0 when it succeeded; a migration that aborted (the session stays where it was, \
 unharmed) or failed is one sentence on stderr with exit 1.";
+
+const RELOAD_ABOUT: &str = "\
+Make a running proxy read its config file again, without closing a session.
+
+Backends added take sessions at once; backends removed stop taking sessions at once, are \
+drained to the rest of their pools (at the [migration] pace) and removed once empty; changed \
+backends are used with their new settings by new connections. Every TLS listener reads its \
+certificate and key again (new handshakes get the new certificate). Limits, pools, migration \
+pacing, health checks and the admin token apply to new sessions, drains and requests.
+
+Prints what changed and exits 0. A bad config (the same sentence `handover check` prints: \
+file, key, problem) or a change that needs a restart (a listener added, removed or moved, the \
+admin address) is refused with exit 1, and the running config stays in force. SIGHUP does the \
+same, logging the outcome instead.";
 
 const COMPLETIONS_ABOUT: &str = "\
 Print a shell completion script to stdout.
@@ -150,6 +165,9 @@ pub enum Command {
     /// Move one session to another backend.
     #[command(long_about = MIGRATE_ABOUT)]
     Migrate(MigrateArgs),
+    /// Make the proxy read its config file again, without closing a session.
+    #[command(long_about = RELOAD_ABOUT)]
+    Reload(AdminArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(long_about = COMPLETIONS_ABOUT)]
     Completions(CompletionsArgs),
@@ -276,6 +294,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Drain(args) => drain(&args).await,
         Command::Undrain(args) => undrain(&args).await,
         Command::Migrate(args) => migrate(&args).await,
+        Command::Reload(args) => {
+            let report = args.client().reload().await?;
+            println!("reloaded: {}", report.summary());
+            Ok(())
+        }
         Command::Completions(args) => {
             // Rendered into memory first: clap_complete panics when its writer fails (a
             // closed pipe); here that is one sentence and exit 1 like any other error.
@@ -316,7 +339,10 @@ impl ServeArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let insecure = self.admin_insecure;
         if let Some(path) = &self.config {
-            return config::load_with(path, |c| c.admin.insecure |= insecure);
+            return config::load_with(path, |c| {
+                c.admin.insecure |= insecure;
+                c.admin_insecure_flag = insecure;
+            });
         }
         let protocol = self.protocol.unwrap_or_default();
         let listen = self.listen.unwrap_or_default();

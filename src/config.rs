@@ -21,7 +21,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(file: &str, key: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub fn new(file: &str, key: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             file: file.to_string(),
             key: key.into(),
@@ -57,6 +57,12 @@ pub struct Config {
     /// Where the config came from, for error messages; not a key.
     #[serde(skip)]
     pub source: String,
+    /// The file it was read from, which a reload reads again; `None` when built from flags.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+    /// `serve --admin-insecure` was given: a reload applies it to the file again.
+    #[serde(skip)]
+    pub admin_insecure_flag: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -310,7 +316,9 @@ pub fn load_with(path: &Path, adjust: impl FnOnce(&mut Config)) -> Result<Config
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(&file, "(file)", format!("cannot read: {e}")))?;
-    parse_with(&text, &file, adjust)
+    let mut config = parse_with(&text, &file, adjust)?;
+    config.path = Some(path.to_path_buf());
+    Ok(config)
 }
 
 /// Parses and validates config text; `file` names it in errors.
@@ -389,6 +397,8 @@ impl Config {
             migration: MigrationConfig::default(),
             health: HealthConfig::default(),
             source: "command line".into(),
+            path: None,
+            admin_insecure_flag: admin_insecure,
         };
         if let Some(admin) = admin {
             config.admin.listen = admin.to_string();

@@ -8,10 +8,13 @@ use crate::config::{BackendConfig, BackendTls};
 use crate::drain::Drains;
 use crate::metrics::MigrationReason;
 use crate::registry::{Backend, Registry};
+use crate::reload::Reloader;
 
 pub struct Engine {
     pub registry: Arc<Registry>,
-    pub drains: Drains,
+    pub drains: Arc<Drains>,
+    /// `None` when the proxy was started from flags: there is no file to read again.
+    pub reloader: Option<Reloader>,
 }
 
 impl Engine {
@@ -144,6 +147,19 @@ impl ControlApi for Engine {
 
     fn metrics_text(&self) -> String {
         self.registry.metrics.render(&self.registry.gauges())
+    }
+
+    fn reload(&self) -> Result<ReloadReport, ControlError> {
+        let Some(reloader) = &self.reloader else {
+            let why =
+                "the proxy was started from flags, not a config file: there is nothing to reload";
+            tracing::warn!("config reload refused: {why}");
+            self.registry.metrics.reload(false);
+            return Err(ControlError::Conflict(why.into()));
+        };
+        reloader
+            .reload()
+            .map_err(|e| ControlError::Invalid(e.to_string()))
     }
 }
 

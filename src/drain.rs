@@ -18,6 +18,7 @@ use crate::admin::api::{ControlError, DrainFinished, DrainStarted};
 use crate::config::MigrationConfig;
 use crate::metrics::{MigrationReason, Outcome};
 use crate::registry::{AdminState, Registry};
+use crate::reload::Live;
 
 struct Job {
     cancel: CancellationToken,
@@ -26,7 +27,8 @@ struct Job {
 
 pub struct Drains {
     registry: Arc<Registry>,
-    config: MigrationConfig,
+    /// Read when a drain starts: a reload's new pacing applies to the next drain.
+    config: Live<MigrationConfig>,
     jobs: Mutex<HashMap<String, Job>>,
     /// The proxy's runtime: drains may be started from any thread (admin, tests, embedders).
     runtime: tokio::runtime::Handle,
@@ -37,10 +39,15 @@ impl Drains {
     pub fn new(registry: Arc<Registry>, config: MigrationConfig) -> Self {
         Self {
             registry,
-            config,
+            config: Live::new(config),
             jobs: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// The pacing for drains started from now on.
+    pub fn set_config(&self, config: MigrationConfig) {
+        self.config.set(config);
     }
 
     /// Marks the backend draining and starts its job unless one is running.
@@ -60,7 +67,7 @@ impl Drains {
             let cancel = CancellationToken::new();
             let job = DrainJob {
                 registry: self.registry.clone(),
-                config: self.config.clone(),
+                config: self.config.get(),
                 backend: name.to_string(),
                 cancel: cancel.clone(),
             };
@@ -119,7 +126,7 @@ impl Drains {
 
 struct DrainJob {
     registry: Arc<Registry>,
-    config: MigrationConfig,
+    config: Arc<MigrationConfig>,
     backend: String,
     cancel: CancellationToken,
 }

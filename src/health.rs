@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::HealthConfig;
 use crate::registry::Registry;
+use crate::reload::Live;
 
 #[derive(Default, Clone, Copy)]
 struct Streak {
@@ -21,17 +22,33 @@ struct Streak {
     failed: u32,
 }
 
-pub async fn run(registry: Arc<Registry>, config: HealthConfig, shutdown: CancellationToken) {
+/// Checks until `shutdown`. `settings` is read every round, so a reload's new interval,
+/// timeout and thresholds apply from the next round.
+pub async fn run(
+    registry: Arc<Registry>,
+    settings: Arc<Live<HealthConfig>>,
+    shutdown: CancellationToken,
+) {
     let mut streaks: HashMap<String, Streak> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(config.interval_ms));
-    let timeout = Duration::from_millis(config.timeout_ms);
+    let mut interval_ms = settings.get().interval_ms;
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let config = settings.get();
+        if config.interval_ms != interval_ms {
+            interval_ms = config.interval_ms;
+            tick = tokio::time::interval(Duration::from_millis(interval_ms));
+            tick.tick().await; // the first tick is immediate: this round is it
+        }
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let backends = registry.backends();
+        // Forget the streaks of backends a reload removed.
+        streaks.retain(|name, _| backends.iter().any(|b| &b.config.name == name));
         let mut checks = JoinSet::new();
-        for b in registry.backends() {
+        for b in backends {
             let address = b.config.address.clone();
             checks.spawn(async move {
                 let ok = matches!(

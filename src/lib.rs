@@ -11,6 +11,7 @@
 //! - [`net`]: streams (plain/TLS), backend connect, PROXY headers.
 //! - [`registry`]: backends, pools and sessions; the only shared mutable state.
 //! - [`drain`] and [`health`]: the drain controller and health checks.
+//! - [`reload`]: config reload (SIGHUP, `POST /reload`) without closing a session.
 //! - [`admin`] and [`control`]: the admin HTTP API and the engine behind it.
 //! - [`metrics`]: every metric name and the Prometheus text encoding.
 //! - [`notify`]: systemd readiness (`READY=1` to `$NOTIFY_SOCKET`).
@@ -29,5 +30,6 @@ pub mod net;
 pub mod notify;
 pub mod protocol;
 pub mod registry;
+pub mod reload;
 pub mod session;
 pub mod telemetry;

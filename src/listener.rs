@@ -1,45 +1,61 @@
 //! One accept loop per `[[listener]]`. The loop only accepts and spawns: the TLS handshake,
 //! the backend choice and connect all run in the spawned task, under timeouts, so one slow
-//! client never holds up the others.
+//! client never holds up the others. What it serves with is a [`ListenerState`] read per
+//! accepted client, which a config reload replaces.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::{BackendConfig, ListenerConfig};
+use crate::config::{BackendConfig, ListenerConfig, MigrationConfig};
 use crate::net::connect::connect;
 use crate::net::Stream;
 use crate::protocol::{Protocol, Route, SessionAdapter};
+use crate::registry::Registry;
+use crate::reload::Live;
 use crate::session::{self, SessionCtx};
 
-pub struct ListenerTask {
+/// What a listener serves new clients with; a reload swaps it whole, and a session keeps
+/// the one it was accepted under.
+pub struct ListenerState {
     pub config: ListenerConfig,
     pub ctx: Arc<SessionCtx>,
     pub protocol: Arc<dyn Protocol>,
+    /// The client-facing TLS config; a reload re-reads the certificate and key, so new
+    /// handshakes get the rotated certificate while open sessions keep theirs.
     pub tls: Option<TlsAcceptor>,
+}
+
+pub struct ListenerTask {
+    pub state: Arc<Live<ListenerState>>,
     pub tracker: TaskTracker,
+    /// Sessions open now, against `max_sessions` (read anew for every client, so a reload
+    /// that changes the limit counts the sessions already open).
+    pub open: Arc<AtomicUsize>,
     /// Sessions per client address, for `max_sessions_per_ip`; an address leaves the map
-    /// with its last session.
-    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// with its last session. Kept across reloads like `open`.
+    pub per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 /// One session's share of its client address's count; given back on drop.
-struct IpSlot {
-    task: Arc<ListenerTask>,
+pub struct IpSlot {
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut per_ip = self.task.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -49,56 +65,78 @@ impl Drop for IpSlot {
     }
 }
 
+/// One session's place under `max_sessions`; given back on drop.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl ListenerTask {
     pub async fn run(self, listener: TcpListener) {
         let this = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(this.config.max_sessions));
+        let shutdown = this.state.get().ctx.shutdown.clone();
         let mut backoff = Duration::from_millis(5);
         loop {
             let accepted = tokio::select! {
-                _ = this.ctx.shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => break,
                 r = listener.accept() => r,
             };
+            // The state of the moment: a reload between two accepts applies to the second.
+            let state = this.state.get();
             match accepted {
                 Ok((tcp, addr)) => {
                     backoff = Duration::from_millis(5);
-                    this.ctx
+                    state
+                        .ctx
                         .registry
                         .metrics
-                        .session_accepted(&this.config.name);
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        this.refuse(
+                        .session_accepted(&state.config.name);
+                    let Some(slot) = this.slot(state.config.max_sessions) else {
+                        state.refuse(
                             addr,
                             "max_sessions",
                             "the listener holds max_sessions already",
                         );
                         continue;
                     };
-                    let Some(slot) = this.ip_slot(addr.ip()) else {
-                        this.refuse(
+                    let Some(ip_slot) = this.ip_slot(addr.ip(), state.config.max_sessions_per_ip)
+                    else {
+                        state.refuse(
                             addr,
                             "max_sessions_per_ip",
                             "the client address holds max_sessions_per_ip already",
                         );
                         continue;
                     };
-                    let task = this.clone();
-                    this.tracker.spawn(task.serve(tcp, addr, (permit, slot)));
+                    this.tracker.spawn(state.serve(tcp, addr, (slot, ip_slot)));
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
                     // Out of file descriptors: back off instead of spinning on accept.
-                    warn!(listener = %this.config.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                    warn!(listener = %state.config.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
-                Err(e) => debug!(listener = %this.config.name, error = %e, "accept failed"),
+                Err(e) => debug!(listener = %state.config.name, error = %e, "accept failed"),
             }
         }
     }
 
-    /// Counts a session against its address, or `None` when the address is at its limit.
-    fn ip_slot(self: &Arc<Self>, ip: IpAddr) -> Option<Option<IpSlot>> {
-        let limit = self.config.max_sessions_per_ip;
+    /// A place for one more session, or `None` when `limit` are open.
+    fn slot(&self, limit: usize) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.open.clone()))
+    }
+
+    /// Counts a session against its address, or `None` when the address is at `limit`
+    /// (0: no limit).
+    fn ip_slot(&self, ip: IpAddr, limit: usize) -> Option<Option<IpSlot>> {
         if limit == 0 {
             return Some(None);
         }
@@ -110,9 +148,50 @@ impl ListenerTask {
         }
         *n += 1;
         Some(Some(IpSlot {
-            task: self.clone(),
+            per_ip: self.per_ip.clone(),
             ip,
         }))
+    }
+}
+
+/// What every listener's sessions share, whatever the config: made once at start.
+#[derive(Clone)]
+pub struct Shared {
+    pub registry: Arc<Registry>,
+    pub shutdown: CancellationToken,
+    /// Bounds failovers in flight, so a dead backend's sessions reach the next one paced.
+    pub failover_limiter: Arc<Semaphore>,
+}
+
+impl ListenerState {
+    /// The state a listener serves with under `config`; reads the TLS certificate and key.
+    pub fn build(
+        config: &ListenerConfig,
+        migration: &MigrationConfig,
+        shared: &Shared,
+    ) -> Result<Self, String> {
+        let protocol = crate::protocol::lookup(&config.protocol, config)
+            .ok_or_else(|| format!("unknown protocol `{}`", config.protocol))?;
+        let tls = match &config.tls {
+            Some(files) => Some(TlsAcceptor::from(crate::net::tls::server_config(files)?)),
+            None => None,
+        };
+        let ctx = Arc::new(SessionCtx {
+            registry: shared.registry.clone(),
+            listener: config.name.clone(),
+            protocol: protocol.name(),
+            migration: migration.clone(),
+            shutdown: shared.shutdown.clone(),
+            failover_limiter: shared.failover_limiter.clone(),
+            registration_timeout: Duration::from_millis(config.registration_timeout_ms),
+            client_stall_timeout: Duration::from_millis(config.client_stall_timeout_ms),
+        });
+        Ok(Self {
+            config: config.clone(),
+            ctx,
+            protocol: Arc::from(protocol),
+            tls,
+        })
     }
 
     fn refuse(&self, addr: SocketAddr, label: &'static str, why: &str) {
@@ -132,7 +211,7 @@ impl ListenerTask {
         self: Arc<Self>,
         tcp: TcpStream,
         addr: SocketAddr,
-        slots: (OwnedSemaphorePermit, Option<IpSlot>),
+        slots: (Slot, Option<IpSlot>),
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move {
             let _slots = slots;

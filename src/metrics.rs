@@ -185,6 +185,11 @@ pub struct Metrics {
     bytes_c2b: AtomicU64,
     bytes_b2c: AtomicU64,
     refused: Counters,
+    reloads: Counters,
+    /// Unix time of the last successful config load (the start counts as one).
+    last_reload_ok: AtomicU64,
+    /// 1 when the last reload was applied, 0 when it was refused.
+    last_reload_successful: AtomicU64,
 }
 
 /// What the registry knows at scrape time.
@@ -246,6 +251,30 @@ impl Metrics {
     fn migration_n(&self, protocol: &str, reason: MigrationReason, outcome: Outcome, n: u64) {
         self.migrations
             .add(&[protocol, reason.label(), outcome.label()], n);
+    }
+
+    /// A reload was applied (`ok`) or refused (`failed`).
+    pub fn reload(&self, ok: bool) {
+        self.reloads.add(&[if ok { "ok" } else { "failed" }], 1);
+        self.last_reload_successful
+            .store(u64::from(ok), Ordering::Relaxed);
+        if ok {
+            self.config_loaded();
+        }
+    }
+
+    /// The config in force was loaded now (at start, and by each successful reload).
+    pub fn config_loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.last_reload_ok.store(now, Ordering::Relaxed);
+        self.last_reload_successful.store(1, Ordering::Relaxed);
+        // The series exist from the start, so the first failure shows in rate().
+        for outcome in ["ok", "failed"] {
+            self.reloads.add(&[outcome], 0);
+        }
     }
 
     pub fn session_accepted(&self, listener: &str) {
@@ -383,6 +412,26 @@ impl Metrics {
         let _ = writeln!(
             out,
             "handover_bytes_total{{direction=\"backend_to_client\"}} {b2c}"
+        );
+        self.reloads.render(
+            &mut out,
+            "handover_reloads_total",
+            "Config reloads (SIGHUP, POST /reload), applied (ok) or refused (failed).",
+            &["outcome"],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP handover_config_last_reload_successful 1 when the last reload was applied, 0 when it was refused.\n\
+             # TYPE handover_config_last_reload_successful gauge\n\
+             handover_config_last_reload_successful {}",
+            self.last_reload_successful.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP handover_config_last_reload_success_timestamp_seconds When the config in force was loaded.\n\
+             # TYPE handover_config_last_reload_success_timestamp_seconds gauge\n\
+             handover_config_last_reload_success_timestamp_seconds {}",
+            self.last_reload_ok.load(Ordering::Relaxed)
         );
         out
     }

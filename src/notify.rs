@@ -4,7 +4,8 @@
 //!
 //! `serve` sends `READY=1` once every listener and the admin API are bound, so
 //! `systemctl start` returns (and units ordered after handover start) only when clients can
-//! connect; and `STOPPING=1` when SIGTERM starts the graceful close.
+//! connect; `RELOADING=1` then `READY=1` around a SIGHUP reload; and `STOPPING=1` when SIGTERM
+//! starts the graceful close.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
@@ -59,6 +60,11 @@ pub fn ready(status: &str) {
         "READY=1\nSTATUS={status}\nMAINPID={}",
         std::process::id()
     ));
+}
+
+/// Tells systemd that a config reload has begun; [`ready`] says when it is over.
+pub fn reloading(status: &str) {
+    report(&format!("RELOADING=1\nSTATUS={status}"));
 }
 
 /// Tells systemd that a graceful stop has begun.

@@ -345,6 +345,15 @@ impl Registry {
         Ok(created)
     }
 
+    /// Replaces the pool of each listener named (a reload's pools; the file's order is the
+    /// pool's order).
+    pub fn set_pools(&self, pools: &[(String, Vec<String>)]) {
+        let mut inner = self.lock();
+        for (listener, pool) in pools {
+            inner.pools.insert(listener.clone(), pool.clone());
+        }
+    }
+
     /// Removes a backend with no sessions. `Err(Some(n))`: it still has n; `Err(None)`: unknown.
     pub fn remove_backend(&self, name: &str) -> Result<(), Option<usize>> {
         let mut inner = self.lock();

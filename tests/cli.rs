@@ -169,6 +169,7 @@ fn client_commands_fail_cleanly_without_a_server() {
         vec!["drain", "a", "--wait"],
         vec!["undrain", "a"],
         vec!["migrate", "s1", "--to", "b"],
+        vec!["reload"],
     ] {
         let mut all = args.clone();
         all.extend(["--admin", url.as_str()]);
@@ -191,6 +192,7 @@ fn help_works_everywhere() {
         "drain",
         "undrain",
         "migrate",
+        "reload",
         "completions",
         "man",
     ] {
@@ -228,6 +230,8 @@ fn help_stands_on_its_own() {
         ("drain", "preStop"),
         ("undrain", "never moves a session back"),
         ("migrate", "least-loaded"),
+        ("reload", "needs a restart"),
+        ("serve", "SIGHUP"),
         ("completions", "bash_completion"),
         ("man", "man -l"),
     ] {
@@ -304,7 +308,9 @@ fn man_pages_render() {
     std::fs::create_dir_all(&dir).unwrap();
     let out = handover(&["man", "--dir", dir.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    for sub in ["serve", "check", "status", "drain", "undrain", "migrate"] {
+    for sub in [
+        "serve", "check", "status", "drain", "undrain", "migrate", "reload",
+    ] {
         let page = std::fs::read_to_string(dir.join(format!("handover-{sub}.1"))).unwrap();
         assert!(page.contains(&format!(".TH handover-{sub} 1")), "{page}");
     }
@@ -408,6 +414,13 @@ impl ControlApi for Engine {
     fn metrics_text(&self) -> String {
         String::new()
     }
+    fn reload(&self) -> Result<ReloadReport, ControlError> {
+        Ok(ReloadReport {
+            backends_removing: vec!["a".into()],
+            settings_changed: vec!["migration.max_concurrent".into()],
+            ..ReloadReport::default()
+        })
+    }
 }
 
 fn missing(name: &str) -> ControlError {
@@ -486,5 +499,11 @@ async fn drain_undrain_and_migrate_report_outcomes() {
     assert_eq!(stdout(&out), "migrated s1: a -> b\n");
     let err = one_sentence_failure(&run(with_admin(&["migrate", "stuck"], &url), None).await);
     assert!(err.contains("aborted: registration timed out"), "{err}");
+    let out = run(with_admin(&["reload"], &url), None).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        stdout(&out),
+        "reloaded: backends draining for removal: a; settings changed: migration.max_concurrent\n"
+    );
     stop.cancel();
 }

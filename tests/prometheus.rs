@@ -234,7 +234,7 @@ async fn prometheus_sees_a_drain_move_every_session() {
             .iter()
             .flat_map(|g| g["rules"].as_array().unwrap().clone())
             .collect();
-        assert_eq!(all.len(), 7, "{rules}");
+        assert_eq!(all.len(), 8, "{rules}");
         if all.iter().all(|r| r["health"] == "ok") {
             // Nothing is wrong in this run, so nothing fires.
             let firing: Vec<_> = all

@@ -4,91 +4,16 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake::EchoBackend;
 use common::proxy;
+use common::streamer::{wait_for, Streamer, PRELUDE};
 use handover::admin::api::ControlApi;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
-
-const PRELUDE: &[u8] = b"HELLO\n";
-
-/// A client that streams numbered lines and watches its socket.
-struct Streamer {
-    stop: Arc<AtomicBool>,
-    writer: JoinHandle<Vec<u8>>,
-    reader: JoinHandle<(usize, Option<String>)>,
-}
-
-impl Streamer {
-    async fn start(addr: std::net::SocketAddr) -> Self {
-        let sock = TcpStream::connect(addr).await.unwrap();
-        let (mut rd, mut wr) = sock.into_split();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let writer = tokio::spawn(async move {
-            let mut sent = PRELUDE.to_vec();
-            wr.write_all(PRELUDE).await.unwrap();
-            let mut n = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                let line = format!("line {n}\n");
-                wr.write_all(line.as_bytes())
-                    .await
-                    .expect("client write never fails");
-                sent.extend_from_slice(line.as_bytes());
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            // Keep the socket open: the test checks it stays up.
-            std::mem::forget(wr);
-            sent
-        });
-        let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut total = 0;
-            loop {
-                match rd.read(&mut buf).await {
-                    Ok(0) => return (total, Some("EOF".to_string())),
-                    Ok(n) => total += n,
-                    Err(e) => return (total, Some(e.to_string())),
-                }
-            }
-        });
-        Self {
-            stop,
-            writer,
-            reader,
-        }
-    }
-
-    /// Stops sending; returns what was sent and asserts the socket is still open.
-    async fn finish(self) -> Vec<u8> {
-        self.stop.store(true, Ordering::Relaxed);
-        let sent = self.writer.await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(
-            !self.reader.is_finished(),
-            "the client socket closed: {:?}",
-            self.reader.await.unwrap()
-        );
-        self.reader.abort();
-        sent
-    }
-}
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn raw_config(a: &EchoBackend, b: &EchoBackend, migration: &str) -> String {
     proxy::config(

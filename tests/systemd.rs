@@ -134,8 +134,8 @@ fn the_unit_matches_the_binary() {
         .and_then(|v| v.trim_end_matches('s').parse().ok())
         .expect("TimeoutStopSec in seconds");
     assert!(stop > 10, "TimeoutStopSec={stop}");
-    // No config reload exists yet: a unit with ExecReload would promise one.
-    assert_eq!(value("ExecReload"), None);
+    // SIGHUP reloads the config (tests/reload.rs runs it on the binary).
+    assert_eq!(value("ExecReload"), Some("/bin/kill -HUP $MAINPID"));
     let nofile: u64 = value("LimitNOFILE").unwrap().parse().unwrap();
     assert!(nofile >= 65536, "LimitNOFILE={nofile}");
     assert!(value("ExecStart")
@@ -144,8 +144,9 @@ fn the_unit_matches_the_binary() {
 }
 
 /// The real binary under a notify socket, as systemd runs it: READY=1 arrives only after the
-/// listener is bound (the connect right after it succeeds), with MAINPID; STOPPING=1 on
-/// SIGTERM.
+/// listener is bound (the connect right after it succeeds), with MAINPID; RELOADING=1 then
+/// READY=1 around a SIGHUP (here refused: a proxy started from flags has no file to read);
+/// STOPPING=1 on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_notifies_ready_then_stopping() {
     let backend = EchoBackend::start().await;
@@ -197,11 +198,22 @@ async fn serve_notifies_ready_then_stopping() {
         std::thread::spawn(move || for _ in lines {});
         let connected = std::net::TcpStream::connect(addr).is_ok();
         let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+        let mut reload = String::new();
+        for _ in 0..2 {
+            let n = socket
+                .recv(&mut buf)
+                .expect("RELOADING=1, READY=1 after SIGHUP");
+            reload.push_str(&String::from_utf8_lossy(&buf[..n]));
+            reload.push('|');
+        }
+        let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status();
         let n = socket.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
         let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
-        (ready, connected, stopping)
+        (ready, connected, reload, stopping)
     })
     .await;
     let status = tokio::task::spawn_blocking(move || {
@@ -216,7 +228,7 @@ async fn serve_notifies_ready_then_stopping() {
     })
     .await
     .unwrap();
-    let (ready, connected, stopping) = result.unwrap();
+    let (ready, connected, reload, stopping) = result.unwrap();
 
     let lines: Vec<&str> = ready.lines().collect();
     assert_eq!(lines.first(), Some(&"READY=1"), "{ready}");
@@ -226,6 +238,11 @@ async fn serve_notifies_ready_then_stopping() {
     );
     assert!(ready.contains("STATUS=serving 1 listener"), "{ready}");
     assert!(connected, "the listener accepts once READY=1 is sent");
+    assert!(
+        reload.starts_with("RELOADING=1\n") && reload.contains("|READY=1\n"),
+        "{reload}"
+    );
+    assert!(reload.contains("config reload refused"), "{reload}");
     assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     std::fs::remove_dir_all(dir).ok();

@@ -86,6 +86,49 @@ pub struct MigrateReply {
     pub reason: Option<String>,
 }
 
+/// `POST /reload`: what the reload changed. Every list is sorted; all empty means the file
+/// says what was already running.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// New backends, taking sessions now.
+    pub backends_added: Vec<String>,
+    /// Backends gone from the file that had no sessions: removed at once.
+    pub backends_removed: Vec<String>,
+    /// Backends gone from the file that still have sessions: draining to the rest of their
+    /// pools, out of every pool now, removed once empty.
+    pub backends_removing: Vec<String>,
+    /// Backends whose settings changed; new connections to them use the new settings.
+    pub backends_changed: Vec<String>,
+    /// Listeners whose certificate and key were read again (every TLS listener, every reload).
+    pub tls_reloaded: Vec<String>,
+    /// Other keys whose value changed, like `migration.max_concurrent` or
+    /// `listener.irc.max_sessions`; they apply to new sessions, drains and checks.
+    pub settings_changed: Vec<String>,
+}
+
+impl ReloadReport {
+    /// One line for the log and the CLI, like `backends added: c; settings changed: ...`.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = [
+            ("backends added", &self.backends_added),
+            ("backends removed", &self.backends_removed),
+            ("backends draining for removal", &self.backends_removing),
+            ("backends changed", &self.backends_changed),
+            ("certificates reloaded", &self.tls_reloaded),
+            ("settings changed", &self.settings_changed),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(what, v)| format!("{what}: {}", v.join(", ")))
+        .collect();
+        if parts.is_empty() {
+            "nothing changed".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
 /// Every error body: `{"error": "one clear sentence"}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
@@ -104,6 +147,9 @@ pub enum ControlError {
     /// 400
     #[error("{0}")]
     BadRequest(String),
+    /// 422: a new config that cannot be applied, as `file: key: problem`.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -131,4 +177,7 @@ pub trait ControlApi: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<MigrateReply, ControlError>>;
     /// The Prometheus text exposition.
     fn metrics_text(&self) -> String;
+    /// Reads the config file again and applies it; `Invalid` (the old config keeps running)
+    /// when it is bad or changes what needs a restart, `Conflict` when there is no file.
+    fn reload(&self) -> Result<ReloadReport, ControlError>;
 }

@@ -1,4 +1,4 @@
-//! The admin API client behind `handover status`, `drain`, `undrain` and `migrate`, and the
+//! The admin API client behind `handover status`, `drain`, `undrain`, `migrate` and `reload`, and the
 //! table `status` prints. It speaks the same [`super::api`] types as the server, one HTTP/1.1
 //! connection per call (the CLI makes one or two calls and exits).
 
@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use super::api::{
-    BackendView, DrainFinished, DrainStarted, ErrorBody, MigrateReply, MigrateRequest, SessionView,
+    BackendView, DrainFinished, DrainStarted, ErrorBody, MigrateReply, MigrateRequest,
+    ReloadReport, SessionView,
 };
 
 /// The admin API when `--admin` is not given.
@@ -109,6 +110,11 @@ impl AdminClient {
         };
         let body = serde_json::to_vec(&body).map_err(|e| self.bad_answer(e))?;
         self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// Asks the proxy to read its config file again; what changed, or why it was refused.
+    pub async fn reload(&self) -> Result<ReloadReport, ClientError> {
+        self.call(Method::POST, "/reload".into(), None).await
     }
 
     /// One request on a fresh connection; a non-2xx answer becomes [`ClientError::Refused`].

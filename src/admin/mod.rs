@@ -13,10 +13,11 @@
 //! | `POST /backends/{name}/undrain`  | 200 `BackendView`; 404                                    |
 //! | `GET /sessions`                  | 200 `[SessionView]`                                       |
 //! | `POST /sessions/{id}/migrate`    | optional body `{"to":"name"}`; 200 `MigrateReply`; 404; 409 |
+//! | `POST /reload`                   | 200 `ReloadReport`; 422 bad config (old one kept); 409 no file |
 //!
 //! Every error is `{"error": "one clear sentence"}`: 400 bad body or query, 401 missing or
 //! wrong bearer token (when a token is configured), 404 unknown path or object, 405 wrong
-//! method (with `Allow`), 409 conflict, 413 body over 64 KiB, 414 URL over 8 KiB.
+//! method (with `Allow`), 409 conflict, 422 a config that cannot be applied, 413 body over 64 KiB, 414 URL over 8 KiB.
 //! Path segments are percent-decoded, so the client may encode names.
 
 pub mod api;
@@ -39,6 +40,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::reload::Live;
 use api::{ControlApi, ControlError, ErrorBody, MigrateRequest, PutBackend};
 
 /// Largest request body accepted (413 past it).
@@ -66,9 +68,10 @@ type Reply = Response<Full<Bytes>>;
 pub async fn serve(
     listener: TcpListener,
     control: Arc<dyn ControlApi>,
-    token: Option<String>,
+    token: impl Into<Token>,
     shutdown: CancellationToken,
 ) {
+    let token = token.into();
     let admin = Arc::new(Admin { control, token });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
@@ -171,6 +174,7 @@ impl From<ControlError> for ApiError {
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ControlError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError::new(status, e.to_string())
     }
@@ -187,6 +191,7 @@ enum Route {
     Undrain(String),
     Sessions,
     Migrate(String),
+    Reload,
 }
 
 impl Route {
@@ -203,6 +208,7 @@ impl Route {
             ["backends", name, "undrain"] => Route::Undrain(param(name)?),
             ["sessions"] => Route::Sessions,
             ["sessions", id, "migrate"] => Route::Migrate(param(id)?),
+            ["reload"] => Route::Reload,
             _ => return None,
         })
     }
@@ -211,15 +217,30 @@ impl Route {
     fn allowed(&self) -> &'static str {
         match self {
             Route::Backend(_) => "GET, PUT, DELETE",
-            Route::Drain(_) | Route::Undrain(_) | Route::Migrate(_) => "POST",
+            Route::Drain(_) | Route::Undrain(_) | Route::Migrate(_) | Route::Reload => "POST",
             Route::Healthz | Route::Metrics | Route::Backends | Route::Sessions => "GET",
         }
     }
 }
 
+/// The bearer token, if any; a reload may replace it (a new `token_file` or new contents).
+pub struct Token(pub Arc<Live<Option<String>>>);
+
+impl From<Option<String>> for Token {
+    fn from(token: Option<String>) -> Self {
+        Token(Arc::new(Live::new(token)))
+    }
+}
+
+impl From<Arc<Live<Option<String>>>> for Token {
+    fn from(token: Arc<Live<Option<String>>>) -> Self {
+        Token(token)
+    }
+}
+
 struct Admin {
     control: Arc<dyn ControlApi>,
-    token: Option<String>,
+    token: Token,
 }
 
 impl Admin {
@@ -273,13 +294,15 @@ impl Admin {
             (Method::POST, Route::Undrain(name)) => json(StatusCode::OK, &c.undrain(&name)?),
             (Method::GET, Route::Sessions) => json(StatusCode::OK, &c.sessions()),
             (Method::POST, Route::Migrate(id)) => migrate(c, &id, req).await,
+            (Method::POST, Route::Reload) => json(StatusCode::OK, &c.reload()?),
             (method, route) => Err(method_not_allowed(&method, &route)),
         }
     }
 
     /// `Ok` when no token is configured or the request carries the right one.
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.token else {
+        let token = self.token.0.get();
+        let Some(expected) = token.as_ref() else {
             return Ok(());
         };
         match bearer_token(headers) {

@@ -18,6 +18,8 @@ pub(crate) struct FakeControl {
 struct FakeState {
     backends: BTreeMap<String, BackendView>,
     sessions: Vec<SessionView>,
+    /// Reloads so far: the first one applies, later ones find a bad file.
+    reloads: u32,
 }
 
 impl FakeControl {
@@ -47,6 +49,7 @@ impl FakeControl {
             state: Mutex::new(FakeState {
                 backends,
                 sessions: vec![session],
+                reloads: 0,
             }),
         }
     }
@@ -151,6 +154,20 @@ impl ControlApi for FakeControl {
     fn metrics_text(&self) -> String {
         "# TYPE handover_sessions gauge\nhandover_sessions{listener=\"irc\",backend=\"irc-a\"} 1\n"
             .into()
+    }
+
+    fn reload(&self) -> Result<ReloadReport, ControlError> {
+        let mut s = self.lock();
+        s.reloads += 1;
+        if s.reloads > 1 {
+            return Err(ControlError::Invalid(
+                "t.toml: backend[0].address: `x` is not a host:port address".into(),
+            ));
+        }
+        Ok(ReloadReport {
+            backends_added: vec!["irc-c".into()],
+            ..ReloadReport::default()
+        })
     }
 }
 
@@ -304,6 +321,25 @@ async fn healthz_is_open_even_with_a_token() {
     call(srv.addr, "POST", "/healthz", None, "")
         .await
         .assert_error(405);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn reload_needs_the_token_and_answers_what_changed_or_422() {
+    let srv = TestServer::start(Some("s3cret")).await;
+    call(srv.addr, "POST", "/reload", None, "")
+        .await
+        .assert_error(401);
+    let a = call(srv.addr, "POST", "/reload", Some("s3cret"), "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.json()["backends_added"], json!(["irc-c"]));
+    let msg = call(srv.addr, "POST", "/reload", Some("s3cret"), "")
+        .await
+        .assert_error(422);
+    assert!(msg.starts_with("t.toml: backend[0].address: "), "{msg}");
+    let a = call(srv.addr, "GET", "/reload", Some("s3cret"), "").await;
+    a.assert_error(405);
+    assert_eq!(a.headers[ALLOW], "POST");
     srv.stop().await;
 }
 

@@ -10,3 +10,4 @@ pub mod oscar;
 pub mod prometheus;
 pub mod proxy;
 pub mod rss;
+pub mod streamer;

@@ -33,3 +33,9 @@ pub async fn start(text: &str) -> Running {
     let config = handover::config::parse(text, "test.toml").expect("test config is valid");
     app::start(config).await.expect("proxy starts")
 }
+
+/// Starts from a config file, as `serve --config` does, so the proxy can reload it.
+pub async fn start_file(path: &std::path::Path) -> Running {
+    let config = handover::config::load(path).expect("test config is valid");
+    app::start(config).await.expect("proxy starts")
+}
