@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
         *) targets+=("$1"); shift ;;
     esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(irc_codec irc_session proxy_header config_parse)
+[ ${#targets[@]} -gt 0 ] || targets=(irc_codec irc_session oscar_session proxy_header config_parse)
 
 cargo fuzz --version >/dev/null 2>&1 || { echo "fuzz.sh: cargo-fuzz is missing: cargo install cargo-fuzz" >&2; exit 1; }
 if [ -n "${FUZZ_TOOLCHAIN:-}" ]; then
@@ -41,6 +41,7 @@ dict_for() {
     case "$1" in
         irc_codec|irc_session) echo "-dict=irc.dict" ;;
         config_parse) echo "-dict=config.dict" ;;
+        oscar_session) echo "-dict=oscar.dict" ;;
         *) echo "" ;;
     esac
 }

@@ -86,20 +86,25 @@ impl Raw {
     }
 
     /// The host part of `nick`'s WHOIS reply (311) as this server sees it.
+    /// The host the network shows for `nick`; asked again (up to 3 s) while the other server
+    /// does not know the nick yet (401: it has not crossed the server link).
     async fn whois_host(&mut self, nick: &str) -> Result<String> {
-        self.send(&format!("WHOIS {nick}\r\n")).await?;
-        let lines = self
-            .until(
-                |l| l.split(' ').nth(1) == Some("318"),
-                Duration::from_secs(10),
-            )
-            .await?;
-        let line = lines
-            .iter()
-            .find(|l| l.split(' ').nth(1) == Some("311"))
-            .with_context(|| format!("no 311 for {nick}: {lines:?}"))?;
-        // :server 311 me nick user host * :real
-        Ok(line.split(' ').nth(5).unwrap_or_default().to_string())
+        let mut lines = Vec::new();
+        for _ in 0..30 {
+            self.send(&format!("WHOIS {nick}\r\n")).await?;
+            lines = self
+                .until(
+                    |l| l.split(' ').nth(1) == Some("318"),
+                    Duration::from_secs(10),
+                )
+                .await?;
+            if let Some(line) = lines.iter().find(|l| l.split(' ').nth(1) == Some("311")) {
+                // :server 311 me nick user host * :real
+                return Ok(line.split(' ').nth(5).unwrap_or_default().to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("no 311 for {nick}: {lines:?}")
     }
 }
 
@@ -347,6 +352,21 @@ fn negotiated_caps_are_kept_across_a_move() -> Result<()> {
             Duration::from_secs(10),
         )
         .await?;
+        // D's channel and voice must have crossed the server link before C joins, or C
+        // would found a #caps of its own on A.
+        for _ in 0..30 {
+            c.send("NAMES #caps\r\n").await?;
+            let seen = c
+                .until(
+                    |l| l.split(' ').nth(1) == Some("366"),
+                    Duration::from_secs(10),
+                )
+                .await?;
+            if seen.iter().any(|l| l.contains("@+capd")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         c.send("JOIN #caps\r\n").await?;
         let names = |lines: Vec<String>| {
             lines

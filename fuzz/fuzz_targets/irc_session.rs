@@ -112,7 +112,7 @@ impl Model {
     fn target(&mut self, frame: Bytes) {
         match self.phase {
             Phase::Registering => match self.s.on_register_frame(&frame) {
-                RegisterStep::Continue(_) => {}
+                RegisterStep::Continue(_) | RegisterStep::Reconnect { .. } => {}
                 RegisterStep::Hold(_) => self.held_b.push(frame),
                 RegisterStep::Done(_) => {
                     self.phase = Phase::Flushing;
