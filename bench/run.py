@@ -447,9 +447,13 @@ class _Popen:
 # 4: drain between two linked ngircd
 
 
-# ConnectRetry 600: ngircd 26.1's zlib server link breaks here after ~95 user introductions
-# ("Compression error: code -2"); a relink in the middle of a run then kills colliding nicks.
-# With a long retry the network stays split for the run instead, which the report says.
+# MaxConnections 12000, not 0 (unlimited): ngircd keeps its connections in one array indexed
+# by socket, 100 long when unlimited, and reallocs it when a socket number passes the end; the
+# realloc moves the zlib streams of the compressed server link, zlib refuses them
+# ("Compression error: code -2") and the a-b link drops after ~95 users. With room for every
+# socket up front (5000 users on each side at most here) the array never moves.
+# ConnectRetry 600: should the link break anyway, it stays broken for the run (a relink in the
+# middle of a drain kills colliding nicks), and the report says the network was split.
 NGIRCD_CONF = """[Global]
 \tName = {me}.bench
 \tInfo = handover bench {me}
@@ -460,7 +464,7 @@ NGIRCD_CONF = """[Global]
 \tServerUID = 0
 \tServerGID = 0
 [Limits]
-\tMaxConnections = 0
+\tMaxConnections = 12000
 \tMaxConnectionsIP = 0
 \tMaxJoins = 0
 \tMaxPenaltyTime = 0
