@@ -69,6 +69,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         drains: Drains::new(registry.clone(), config.migration.clone()),
     });
     let failover_limiter = Arc::new(tokio::sync::Semaphore::new(config.migration.max_concurrent));
+    // Sessions hear of a shutdown through their mailboxes, not by each polling the token.
+    let (sessions, cancelled) = (registry.clone(), shutdown.clone());
+    tracker.spawn(async move {
+        cancelled.cancelled().await;
+        sessions.shut_down_sessions();
+    });
 
     let mut listeners = Vec::new();
     for l in &config.listener {

@@ -68,6 +68,8 @@ struct Inner {
     /// listener name → pool (backend names)
     pools: BTreeMap<String, Vec<String>>,
     sessions: HashMap<u64, Entry>,
+    /// Set by [`Registry::shut_down_sessions`]: a session added later is told at once.
+    shutting_down: bool,
 }
 
 pub struct Registry {
@@ -121,7 +123,8 @@ impl Registry {
         to: Option<&str>,
     ) -> Result<BackendConfig, String> {
         let mut inner = self.lock();
-        let pool = inner.pools.get(listener).cloned().unwrap_or_default();
+        let inner = &mut *inner;
+        let pool: &[String] = inner.pools.get(listener).map_or(&[], Vec::as_slice);
         let name = match to {
             Some(to) => {
                 let b = inner
@@ -172,7 +175,24 @@ impl Registry {
             b.pending = b.pending.saturating_sub(1);
             b.sessions += 1;
         }
+        if inner.shutting_down {
+            handle.shut_down();
+        }
         inner.sessions.insert(info.id, Entry { info, handle });
+    }
+
+    /// Tells every session, and every session added from now on, that handover is shutting
+    /// down. Sessions learn it through their mailbox rather than each polling the shutdown
+    /// token on every event: the token's futures lock one mutex that all sessions share.
+    pub fn shut_down_sessions(&self) {
+        let handles: Vec<SessionHandle> = {
+            let mut inner = self.lock();
+            inner.shutting_down = true;
+            inner.sessions.values().map(|e| e.handle.clone()).collect()
+        };
+        for handle in handles {
+            handle.shut_down();
+        }
     }
 
     /// A session moved to `to` (consuming its reservation there).

@@ -165,6 +165,18 @@ impl Link {
         std::mem::take(&mut self.out)
     }
 
+    /// Closes the sending side at once when that cannot wait: a plain socket with nothing
+    /// queued (its `shutdown` is one syscall). False when [`Link::finish`] is needed.
+    pub fn finish_now(&mut self) -> bool {
+        if self.busy() || self.stream.is_tls() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // A plain socket's shutdown never pends; its error (the peer is gone) changes nothing.
+        let _ = Pin::new(&mut self.stream).poll_shutdown(&mut cx);
+        true
+    }
+
     /// Writes what is queued, then closes the sending side; bounded by `limit`.
     pub async fn finish(mut self, limit: std::time::Duration) {
         let drain = async {

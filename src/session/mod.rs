@@ -50,6 +50,8 @@ pub enum SessionCommand {
         reply: oneshot::Sender<MigrationResult>,
     },
     Close,
+    /// handover is shutting down (see [`crate::registry::Registry::shut_down_sessions`]).
+    Shutdown,
 }
 
 /// How a migration ended, as the admin API reports it.
@@ -157,6 +159,10 @@ impl SessionHandle {
     pub fn close(&self) {
         let _ = self.mailbox.send(SessionCommand::Close);
     }
+
+    pub fn shut_down(&self) {
+        let _ = self.mailbox.send(SessionCommand::Shutdown);
+    }
 }
 
 /// A client frame held while paused. Frames are observed when released, not when held, so
@@ -176,7 +182,8 @@ pub enum CloseReason {
     Protocol(String),
     Shutdown,
     Admin,
-    Io(String),
+    /// The client link failed (typically a reset).
+    Io(ClientIoError),
     /// The client did not complete its registration within `registration_timeout_ms`.
     RegistrationTimeout,
     /// The client left a full queue of output unread for `client_stall_timeout_ms`.
@@ -193,7 +200,7 @@ impl CloseReason {
             CloseReason::Protocol(String::new()),
             CloseReason::Shutdown,
             CloseReason::Admin,
-            CloseReason::Io(String::new()),
+            CloseReason::Io(ClientIoError(std::io::ErrorKind::Other.into())),
         ]
     }
 
@@ -212,12 +219,42 @@ impl CloseReason {
     }
 }
 
+/// The error that ended a client link, formatted only if it is logged: a reset client is
+/// common churn, and formatting its error (`strerror`, an allocation) cost more than the rest
+/// of the close when the log line is off.
+#[derive(Debug)]
+pub struct ClientIoError(pub std::io::Error);
+
+impl Clone for ClientIoError {
+    fn clone(&self) -> Self {
+        Self(match self.0.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(self.0.kind(), self.0.to_string()),
+        })
+    }
+}
+
+impl PartialEq for ClientIoError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.raw_os_error() == other.0.raw_os_error()
+    }
+}
+
+impl Eq for ClientIoError {}
+
+impl std::fmt::Display for ClientIoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client: {}", self.0)
+    }
+}
+
 /// What every session of a listener shares.
 pub struct SessionCtx {
     pub registry: Arc<Registry>,
     pub listener: String,
     pub protocol: &'static str,
     pub migration: MigrationConfig,
+    /// Stops the accept loop; sessions hear of the shutdown through their mailbox.
     pub shutdown: CancellationToken,
     /// Bounds failovers in flight, so a dead backend's sessions reach the next one paced.
     pub failover_limiter: Arc<tokio::sync::Semaphore>,
@@ -386,17 +423,18 @@ impl Session {
             .or(self.settling.as_ref().map(|(_, until)| *until))
             .or(self.retry_at);
         let limit = self.limit_deadline();
-        let shutdown = self.ctx.shutdown.clone();
         // Not `biased`: a peer that is always ready (a flooding backend or client) must not
         // starve the other branches, the migration's progress and its deadlines among them.
+        // Shutdown arrives as a command: polling the shared token here would lock a mutex
+        // that every session shares, twice per event.
         tokio::select! {
-            _ = shutdown.cancelled() => Some(CloseReason::Shutdown),
             cmd = self.cmds.recv() => match cmd {
                 SessionCommand::Migrate { to, reason, reply } => {
                     self.start_migration(to, reason, Some(reply));
                     None
                 }
                 SessionCommand::Close => Some(CloseReason::Admin),
+                SessionCommand::Shutdown => Some(CloseReason::Shutdown),
             },
             ev = self.client.io(read_client), if client_pollable => self.on_client_io(ev),
             ev = io_opt(&mut self.backend, read_backend), if backend_pollable => self.on_backend_io(ev),
@@ -467,7 +505,7 @@ impl Session {
 
     fn on_client_io(&mut self, ev: std::io::Result<IoEvent>) -> Option<CloseReason> {
         match ev {
-            Err(e) => Some(CloseReason::Io(format!("client: {e}"))),
+            Err(e) => Some(CloseReason::Io(ClientIoError(e))),
             Ok(IoEvent::Wrote) => None,
             Ok(IoEvent::Read(0)) => {
                 self.client_done = true;
@@ -717,7 +755,9 @@ impl Session {
             for held in self.held.drain(..) {
                 link.push(held.frame);
             }
-            tokio::spawn(link.finish(grace));
+            if !link.finish_now() {
+                tokio::spawn(link.finish(grace));
+            }
         }
         self.ctx.registry.remove_session(self.id);
         self.ctx
@@ -725,16 +765,22 @@ impl Session {
             .metrics
             .session_closed(&self.ctx.listener, reason.label());
         match &reason {
-            CloseReason::Protocol(why) | CloseReason::Io(why) => {
+            CloseReason::Protocol(why) => {
                 info!(reason = reason.label(), why = %why, "session closed")
             }
+            CloseReason::Io(why) => info!(reason = reason.label(), why = %why, "session closed"),
             CloseReason::BackendLost => info!(
                 reason = reason.label(),
                 "session closed: no backend could take it"
             ),
             _ => debug!(reason = reason.label(), "session closed"),
         }
-        self.client.finish(grace).await;
+        match reason {
+            // The client's socket failed (a reset): nothing can be sent on it any more.
+            CloseReason::Io(_) => {}
+            _ if self.client.finish_now() => {}
+            _ => self.client.finish(grace).await,
+        }
     }
 }
 
