@@ -681,6 +681,11 @@ def report(res, R, cfg):
     md.append(f"Run {res['started']}, {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']:.0f} GiB, "
               f"kernel {m['kernel']}; mode `{res['mode']}`.\n")
     md.append("Versions: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()) + "\n")
+    if res.get("load"):
+        # The machine is shared: its 1-minute load average before and after each section says
+        # how busy it was besides this run (the run itself adds up to about 2 while it loads).
+        md.append("Load average (1 min) before → after each section: " + ", ".join(
+            f"{s} {a[0]:.2f} → {b[0]:.2f}" for s, (a, b) in res["load"].items()) + ".\n")
     if "throughput" in res:
         for streams, by in res["throughput"].items():
             md.append(f"\n### Throughput, {streams} stream{'s' if int(streams) > 1 else ''} (iperf3 -P {streams}, {cfg['secs']} s, median of {cfg['rounds']})\n")
@@ -851,12 +856,14 @@ def main():
     os.makedirs(R, exist_ok=True)
     work = tempfile.mkdtemp(prefix="handover-bench.")
     res = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "mode": mode, "config": cfg,
-           "machine": machine(), "versions": versions()}
+           "machine": machine(), "versions": versions(), "load": {}}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         for s in a.only.split(","):
-            log(f"== {s}")
+            before = os.getloadavg()
+            log(f"== {s} (load average {before[0]:.2f} {before[1]:.2f} {before[2]:.2f})")
             res[s] = globals()[f"bench_{s}"](cfg, work, R)
+            res["load"][s] = (before, os.getloadavg())
             stop_all()
             json.dump(res, open(os.path.join(R, "results.json"), "w"), indent=1, default=str)
     finally:
