@@ -6,6 +6,7 @@
 
 pub mod link;
 mod migrate;
+mod timer;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use crate::protocol::{ClientInfo, Direction, SessionAdapter, Verdict};
 use crate::registry::{Registry, SessionInfo};
 use link::{IoEvent, Link};
 use migrate::Migration;
+use timer::Timer;
 
 /// Most bytes queued towards one side before the other side stops being read.
 pub const OUT_LIMIT: usize = 64 * 1024;
@@ -295,6 +297,9 @@ pub struct Session {
     counted_bytes: (u64, u64),
     /// The client limit being watched (registration, then stalls).
     watch: Watch,
+    /// The migration's, settling's or failover retry's deadline, and the watched limit's.
+    deadline_timer: Timer,
+    limit_timer: Timer,
 }
 
 /// The one client limit a session watches at a time, in one small field: until the client
@@ -375,6 +380,8 @@ pub fn run(
         pending_reply: None,
         counted_bytes: (0, 0),
         watch,
+        deadline_timer: Timer::default(),
+        limit_timer: Timer::default(),
         ctx,
     };
     let span = tracing::info_span!("session", session.id = id, listener = %session.ctx.listener, client.addr = %client_addr);
@@ -422,7 +429,8 @@ impl Session {
             .and_then(|m| m.deadline())
             .or(self.settling.as_ref().map(|(_, until)| *until))
             .or(self.retry_at);
-        let limit = self.limit_deadline();
+        self.deadline_timer.set(deadline);
+        self.limit_timer.set(self.limit_deadline());
         // Not `biased`: a peer that is always ready (a flooding backend or client) must not
         // starve the other branches, the migration's progress and its deadlines among them.
         // Shutdown arrives as a command: polling the shared token here would lock a mutex
@@ -439,11 +447,11 @@ impl Session {
             ev = self.client.io(read_client), if client_pollable => self.on_client_io(ev),
             ev = io_opt(&mut self.backend, read_backend), if backend_pollable => self.on_backend_io(ev),
             ev = migrate::poll(&mut self.migration) => self.on_migration_event(ev),
-            _ = sleep_until_opt(deadline), if deadline.is_some() => {
+            _ = self.deadline_timer.fired(), if self.deadline_timer.is_set() => {
                 self.on_deadline();
                 None
             },
-            _ = sleep_until_opt(limit), if limit.is_some() => self.limit_reached(),
+            _ = self.limit_timer.fired(), if self.limit_timer.is_set() => self.limit_reached(),
         }
     }
 
@@ -791,13 +799,6 @@ async fn io_opt(link: &mut Option<Link>, want_read: bool) -> std::io::Result<IoE
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::CloseReason;
@@ -851,7 +852,7 @@ mod footprint {
             adapter,
         );
         let bytes = size(&fut);
-        assert!(bytes <= 1216, "a session's future is {bytes} bytes");
+        assert!(bytes <= 960, "a session's future is {bytes} bytes");
         let irc = std::mem::size_of::<crate::protocol::irc::IrcSession>();
         assert!(irc <= 512, "the IRC adapter is {irc} bytes");
     }
