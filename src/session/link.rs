@@ -108,7 +108,11 @@ impl Link {
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 // Ask for readiness first so an idle plain link never holds a buffer.
                 match self.stream.poll_read_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        // Idle: give back the emptied write queue too.
+                        self.release_idle();
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Ready(Ok(())) => self.rbuf.reserve(READ_CHUNK),
                 }
