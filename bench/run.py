@@ -793,6 +793,33 @@ def plots(res, R):
            "set ylabel 'sessions/s'\nset style data histograms\nset yrange [0:*]\nset boxwidth 0.7\n"
            "plot 'accept.dat' using 2:xtic(1) notitle\n")
 
+    if res.get("drain"):
+        # handover's own histograms: sessions per bucket (not cumulative), one series per
+        # drain size and measure, on the bucket bounds as the x axis.
+        series, rows = [], None
+        for n, d in res["drain"].items():
+            for key, what in (("duration_buckets", "migration"), ("pause_buckets", "client pause")):
+                b = d[key]
+                counts = [c - (b[i - 1][1] if i else 0) for i, (_, c) in enumerate(b)]
+                if rows is None:
+                    rows = [["≤ inf" if le == float("inf") else f"≤ {le * 1000:g}"] for le, _ in b]
+                for row, c in zip(rows, counts):
+                    row.append(f"{c:.0f}")
+                series.append(f"{what}, {n} sessions")
+        while rows and len(rows) > 1 and all(c == "0" for c in rows[-1][1:]):
+            rows.pop()  # the empty buckets above the slowest migration
+        if rows:
+            with open(f"{R}/drain.dat", "w") as f:
+                for row in rows:
+                    f.write(f'"{row[0]}" ' + " ".join(row[1:]) + "\n")
+            cols = [f"'drain.dat' using 2:xtic(1) title '{series[0]}'"]
+            cols += [f"'' using {i + 2} title '{t}'" for i, t in enumerate(series) if i > 0]
+            gp(R, "drain", common + "set termoption noenhanced\nset output 'drain.png'\n"
+               "set title 'Drain ngircd a -> b: migrations per bucket of handover_migration_duration_seconds and handover_client_pause_seconds'\n"
+               "set title font ',10'\nset xlabel 'bucket, ms'\nset ylabel 'sessions'\nset style data histograms\n"
+               "set style histogram clustered gap 1\nset yrange [0:*]\nset xtics rotate by -35\n"
+               "plot " + ", ".join(cols) + "\n")
+
 
 def gp(R, name, script):
     p = os.path.join(R, f"{name}.gp")
