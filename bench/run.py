@@ -447,9 +447,13 @@ class _Popen:
 # 4: drain between two linked ngircd
 
 
-# ConnectRetry 600: ngircd 26.1's zlib server link breaks here after ~95 user introductions
-# ("Compression error: code -2"); a relink in the middle of a run then kills colliding nicks.
-# With a long retry the network stays split for the run instead, which the report says.
+# MaxConnections 12000, not 0 (unlimited): ngircd keeps its connections in one array indexed
+# by socket, 100 long when unlimited, and reallocs it when a socket number passes the end; the
+# realloc moves the zlib streams of the compressed server link, zlib refuses them
+# ("Compression error: code -2") and the a-b link drops after ~95 users. With room for every
+# socket up front (5000 users on each side at most here) the array never moves.
+# ConnectRetry 600: should the link break anyway, it stays broken for the run (a relink in the
+# middle of a drain kills colliding nicks), and the report says the network was split.
 NGIRCD_CONF = """[Global]
 \tName = {me}.bench
 \tInfo = handover bench {me}
@@ -460,7 +464,7 @@ NGIRCD_CONF = """[Global]
 \tServerUID = 0
 \tServerGID = 0
 [Limits]
-\tMaxConnections = 0
+\tMaxConnections = 12000
 \tMaxConnectionsIP = 0
 \tMaxJoins = 0
 \tMaxPenaltyTime = 0
@@ -677,6 +681,11 @@ def report(res, R, cfg):
     md.append(f"Run {res['started']}, {m['cpus']} CPUs ({m['cpu_model']}), {m['mem_gib']:.0f} GiB, "
               f"kernel {m['kernel']}; mode `{res['mode']}`.\n")
     md.append("Versions: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()) + "\n")
+    if res.get("load"):
+        # The machine is shared: its 1-minute load average before and after each section says
+        # how busy it was besides this run (the run itself adds up to about 2 while it loads).
+        md.append("Load average (1 min) before → after each section: " + ", ".join(
+            f"{s} {a[0]:.2f} → {b[0]:.2f}" for s, (a, b) in res["load"].items()) + ".\n")
     if "throughput" in res:
         for streams, by in res["throughput"].items():
             md.append(f"\n### Throughput, {streams} stream{'s' if int(streams) > 1 else ''} (iperf3 -P {streams}, {cfg['secs']} s, median of {cfg['rounds']})\n")
@@ -784,6 +793,33 @@ def plots(res, R):
            "set ylabel 'sessions/s'\nset style data histograms\nset yrange [0:*]\nset boxwidth 0.7\n"
            "plot 'accept.dat' using 2:xtic(1) notitle\n")
 
+    if res.get("drain"):
+        # handover's own histograms: sessions per bucket (not cumulative), one series per
+        # drain size and measure, on the bucket bounds as the x axis.
+        series, rows = [], None
+        for n, d in res["drain"].items():
+            for key, what in (("duration_buckets", "migration"), ("pause_buckets", "client pause")):
+                b = d[key]
+                counts = [c - (b[i - 1][1] if i else 0) for i, (_, c) in enumerate(b)]
+                if rows is None:
+                    rows = [["≤ inf" if le == float("inf") else f"≤ {le * 1000:g}"] for le, _ in b]
+                for row, c in zip(rows, counts):
+                    row.append(f"{c:.0f}")
+                series.append(f"{what}, {n} sessions")
+        while rows and len(rows) > 1 and all(c == "0" for c in rows[-1][1:]):
+            rows.pop()  # the empty buckets above the slowest migration
+        if rows:
+            with open(f"{R}/drain.dat", "w") as f:
+                for row in rows:
+                    f.write(f'"{row[0]}" ' + " ".join(row[1:]) + "\n")
+            cols = [f"'drain.dat' using 2:xtic(1) title '{series[0]}'"]
+            cols += [f"'' using {i + 2} title '{t}'" for i, t in enumerate(series) if i > 0]
+            gp(R, "drain", common + "set termoption noenhanced\nset output 'drain.png'\n"
+               "set title 'Drain ngircd a -> b: migrations per bucket of handover_migration_duration_seconds and handover_client_pause_seconds'\n"
+               "set title font ',10'\nset xlabel 'bucket, ms'\nset ylabel 'sessions'\nset style data histograms\n"
+               "set style histogram clustered gap 1\nset yrange [0:*]\nset xtics rotate by -35\n"
+               "plot " + ", ".join(cols) + "\n")
+
 
 def gp(R, name, script):
     p = os.path.join(R, f"{name}.gp")
@@ -847,12 +883,14 @@ def main():
     os.makedirs(R, exist_ok=True)
     work = tempfile.mkdtemp(prefix="handover-bench.")
     res = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "mode": mode, "config": cfg,
-           "machine": machine(), "versions": versions()}
+           "machine": machine(), "versions": versions(), "load": {}}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         for s in a.only.split(","):
-            log(f"== {s}")
+            before = os.getloadavg()
+            log(f"== {s} (load average {before[0]:.2f} {before[1]:.2f} {before[2]:.2f})")
             res[s] = globals()[f"bench_{s}"](cfg, work, R)
+            res["load"][s] = (before, os.getloadavg())
             stop_all()
             json.dump(res, open(os.path.join(R, "results.json"), "w"), indent=1, default=str)
     finally:

@@ -73,6 +73,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown: shutdown.clone(),
         failover_limiter: Arc::new(Semaphore::new(config.migration.max_concurrent)),
     };
+    // Sessions hear of a shutdown through their mailboxes, not by each polling the token.
+    let (sessions, cancelled) = (registry.clone(), shutdown.clone());
+    tracker.spawn(async move {
+        cancelled.cancelled().await;
+        sessions.shut_down_sessions();
+    });
 
     let mut listeners = Vec::new();
     let mut states = Vec::new();

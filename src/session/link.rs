@@ -108,7 +108,11 @@ impl Link {
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 // Ask for readiness first so an idle plain link never holds a buffer.
                 match self.stream.poll_read_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        // Idle: give back the emptied write queue too.
+                        self.release_idle();
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Ready(Ok(())) => self.rbuf.reserve(READ_CHUNK),
                 }
@@ -163,6 +167,18 @@ impl Link {
     pub fn take_unsent(&mut self) -> VecDeque<Bytes> {
         self.out_len = 0;
         std::mem::take(&mut self.out)
+    }
+
+    /// Closes the sending side at once when that cannot wait: a plain socket with nothing
+    /// queued (its `shutdown` is one syscall). False when [`Link::finish`] is needed.
+    pub fn finish_now(&mut self) -> bool {
+        if self.busy() || self.stream.is_tls() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // A plain socket's shutdown never pends; its error (the peer is gone) changes nothing.
+        let _ = Pin::new(&mut self.stream).poll_shutdown(&mut cx);
+        true
     }
 
     /// Writes what is queued, then closes the sending side; bounded by `limit`.

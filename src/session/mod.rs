@@ -6,6 +6,7 @@
 
 pub mod link;
 mod migrate;
+mod timer;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use crate::protocol::{ClientInfo, Direction, SessionAdapter, Verdict};
 use crate::registry::{Registry, SessionInfo};
 use link::{IoEvent, Link};
 use migrate::Migration;
+use timer::Timer;
 
 /// Most bytes queued towards one side before the other side stops being read.
 pub const OUT_LIMIT: usize = 64 * 1024;
@@ -50,6 +52,8 @@ pub enum SessionCommand {
         reply: oneshot::Sender<MigrationResult>,
     },
     Close,
+    /// handover is shutting down (see [`crate::registry::Registry::shut_down_sessions`]).
+    Shutdown,
 }
 
 /// How a migration ended, as the admin API reports it.
@@ -157,6 +161,10 @@ impl SessionHandle {
     pub fn close(&self) {
         let _ = self.mailbox.send(SessionCommand::Close);
     }
+
+    pub fn shut_down(&self) {
+        let _ = self.mailbox.send(SessionCommand::Shutdown);
+    }
 }
 
 /// A client frame held while paused. Frames are observed when released, not when held, so
@@ -176,7 +184,8 @@ pub enum CloseReason {
     Protocol(String),
     Shutdown,
     Admin,
-    Io(String),
+    /// The client link failed (typically a reset).
+    Io(ClientIoError),
     /// The client did not complete its registration within `registration_timeout_ms`.
     RegistrationTimeout,
     /// The client left a full queue of output unread for `client_stall_timeout_ms`.
@@ -193,7 +202,7 @@ impl CloseReason {
             CloseReason::Protocol(String::new()),
             CloseReason::Shutdown,
             CloseReason::Admin,
-            CloseReason::Io(String::new()),
+            CloseReason::Io(ClientIoError(std::io::ErrorKind::Other.into())),
         ]
     }
 
@@ -212,12 +221,42 @@ impl CloseReason {
     }
 }
 
+/// The error that ended a client link, formatted only if it is logged: a reset client is
+/// common churn, and formatting its error (`strerror`, an allocation) cost more than the rest
+/// of the close when the log line is off.
+#[derive(Debug)]
+pub struct ClientIoError(pub std::io::Error);
+
+impl Clone for ClientIoError {
+    fn clone(&self) -> Self {
+        Self(match self.0.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(self.0.kind(), self.0.to_string()),
+        })
+    }
+}
+
+impl PartialEq for ClientIoError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.raw_os_error() == other.0.raw_os_error()
+    }
+}
+
+impl Eq for ClientIoError {}
+
+impl std::fmt::Display for ClientIoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client: {}", self.0)
+    }
+}
+
 /// What every session of a listener shares.
 pub struct SessionCtx {
     pub registry: Arc<Registry>,
     pub listener: String,
     pub protocol: &'static str,
     pub migration: MigrationConfig,
+    /// Stops the accept loop; sessions hear of the shutdown through their mailbox.
     pub shutdown: CancellationToken,
     /// Bounds failovers in flight, so a dead backend's sessions reach the next one paced.
     pub failover_limiter: Arc<tokio::sync::Semaphore>,
@@ -260,6 +299,9 @@ pub struct Session {
     watch: Watch,
     /// The old backend after a cut, read until it closes.
     detached: Option<Box<Detached>>,
+    /// The migration's, settling's or failover retry's deadline, and the watched limit's.
+    deadline_timer: Timer,
+    limit_timer: Timer,
 }
 
 /// How long the old backend is read after a cut before it is closed regardless.
@@ -352,6 +394,8 @@ pub fn run(
         counted_bytes: (0, 0),
         watch,
         detached: None,
+        deadline_timer: Timer::default(),
+        limit_timer: Timer::default(),
         ctx,
     };
     let span = tracing::info_span!("session", session.id = id, listener = %session.ctx.listener, client.addr = %client_addr);
@@ -399,33 +443,35 @@ impl Session {
             .and_then(|m| m.deadline())
             .or(self.settling.as_ref().map(|(_, until)| *until))
             .or(self.retry_at);
-        let limit = self.limit_deadline();
+        self.deadline_timer.set(deadline);
+        self.limit_timer.set(self.limit_deadline());
         // Boxed, and only for the few seconds after a cut: an idle session's future stays small.
         let has_detached = self.detached.is_some();
         let detached = self
             .detached
             .as_deref_mut()
             .map(|old| Box::pin(detached_io(old, read_backend)));
-        let shutdown = self.ctx.shutdown.clone();
         // Not `biased`: a peer that is always ready (a flooding backend or client) must not
         // starve the other branches, the migration's progress and its deadlines among them.
+        // Shutdown arrives as a command: polling the shared token here would lock a mutex
+        // that every session shares, twice per event.
         tokio::select! {
-            _ = shutdown.cancelled() => Some(CloseReason::Shutdown),
             cmd = self.cmds.recv() => match cmd {
                 SessionCommand::Migrate { to, reason, reply } => {
                     self.start_migration(to, reason, Some(reply));
                     None
                 }
                 SessionCommand::Close => Some(CloseReason::Admin),
+                SessionCommand::Shutdown => Some(CloseReason::Shutdown),
             },
             ev = self.client.io(read_client), if client_pollable => self.on_client_io(ev),
             ev = io_opt(&mut self.backend, read_backend), if backend_pollable => self.on_backend_io(ev),
             ev = migrate::poll(&mut self.migration) => self.on_migration_event(ev),
-            _ = sleep_until_opt(deadline), if deadline.is_some() => {
+            _ = self.deadline_timer.fired(), if self.deadline_timer.is_set() => {
                 self.on_deadline();
                 None
             },
-            _ = sleep_until_opt(limit), if limit.is_some() => self.limit_reached(),
+            _ = self.limit_timer.fired(), if self.limit_timer.is_set() => self.limit_reached(),
             ev = maybe(detached), if has_detached => {
                 self.on_detached_io(ev);
                 None
@@ -491,7 +537,7 @@ impl Session {
 
     fn on_client_io(&mut self, ev: std::io::Result<IoEvent>) -> Option<CloseReason> {
         match ev {
-            Err(e) => Some(CloseReason::Io(format!("client: {e}"))),
+            Err(e) => Some(CloseReason::Io(ClientIoError(e))),
             Ok(IoEvent::Wrote) => None,
             Ok(IoEvent::Read(0)) => {
                 self.client_done = true;
@@ -785,7 +831,9 @@ impl Session {
             for held in self.held.drain(..) {
                 link.push(held.frame);
             }
-            tokio::spawn(link.finish(grace));
+            if !link.finish_now() {
+                tokio::spawn(link.finish(grace));
+            }
         }
         self.ctx.registry.remove_session(self.id);
         self.ctx
@@ -793,16 +841,22 @@ impl Session {
             .metrics
             .session_closed(&self.ctx.listener, reason.label());
         match &reason {
-            CloseReason::Protocol(why) | CloseReason::Io(why) => {
+            CloseReason::Protocol(why) => {
                 info!(reason = reason.label(), why = %why, "session closed")
             }
+            CloseReason::Io(why) => info!(reason = reason.label(), why = %why, "session closed"),
             CloseReason::BackendLost => info!(
                 reason = reason.label(),
                 "session closed: no backend could take it"
             ),
             _ => debug!(reason = reason.label(), "session closed"),
         }
-        self.client.finish(grace).await;
+        match reason {
+            // The client's socket failed (a reset): nothing can be sent on it any more.
+            CloseReason::Io(_) => {}
+            _ if self.client.finish_now() => {}
+            _ => self.client.finish(grace).await,
+        }
     }
 }
 
@@ -829,13 +883,6 @@ async fn maybe<F: std::future::Future>(fut: Option<F>) -> F::Output {
 async fn io_opt(link: &mut Option<Link>, want_read: bool) -> std::io::Result<IoEvent> {
     match link {
         Some(link) => link.io(want_read).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
@@ -893,7 +940,7 @@ mod footprint {
             adapter,
         );
         let bytes = size(&fut);
-        assert!(bytes <= 1256, "a session's future is {bytes} bytes");
+        assert!(bytes <= 960, "a session's future is {bytes} bytes");
         let irc = std::mem::size_of::<crate::protocol::irc::IrcSession>();
         assert!(irc <= 512, "the IRC adapter is {irc} bytes");
     }
