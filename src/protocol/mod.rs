@@ -229,6 +229,12 @@ pub trait SessionAdapter: Send + 'static {
         true
     }
 
+    /// The client asked to leave (IRC `QUIT`): a backend close that follows is the client's
+    /// doing, and counted as such (`reason="client"`), whichever side's close comes first.
+    fn client_quit(&self) -> bool {
+        false
+    }
+
     /// After [`SessionAdapter::cutover`], the session has passed every frame of the new backend
     /// that it held back during the overlap (read before the cut) through `observe`; frames
     /// observed from now on were read after the cut. Adapters that deduplicate the overlap

@@ -738,6 +738,9 @@ impl Session {
         if self.client_done {
             return Some(CloseReason::Backend);
         }
+        if self.adapter.client_quit() {
+            return Some(CloseReason::Client);
+        }
         if !self.adapter.failover_on_close() {
             return Some(CloseReason::Backend);
         }

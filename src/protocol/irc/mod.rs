@@ -371,6 +371,10 @@ impl SessionAdapter for IrcSession {
         !(self.backend_error || self.observer.quitting)
     }
 
+    fn client_quit(&self) -> bool {
+        self.observer.quitting
+    }
+
     fn decode(&mut self, _dir: Direction, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         decode_line(buf)
     }

@@ -408,3 +408,14 @@ fn after_the_cut_only_private_messages_from_a_reach_the_client() {
         assert_eq!(s.after_detach(&frame(other)), None, "{other}");
     }
 }
+
+/// Found by the soak: after a client's QUIT the server's close sometimes came first and was
+/// counted as the backend's doing (`reason="backend"`); it is the client's.
+#[test]
+fn a_close_after_the_clients_quit_is_the_clients() {
+    let mut s = registered_on_ngircd();
+    assert!(!s.client_quit());
+    client(&mut s, "QUIT :bye");
+    assert!(s.client_quit());
+    assert!(!s.failover_on_close(), "and never a failover");
+}
