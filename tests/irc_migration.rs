@@ -186,8 +186,15 @@ impl Pair {
 /// C got every message of D exactly once, in order, except private messages D sent to C's
 /// nick in the instant it belonged to no connection (between the old server's QUIT and the
 /// reclaim on the new one): the network bounced those to D with 401, visibly; none is lost
-/// silently, and there are at most a few.
-fn check_received_allowing_bounces(rc: &ChatResult, d: &ChatSpec, rd: &ChatResult) -> Result<()> {
+/// silently, and there are at most a few. inspircd is the exception: servers route private
+/// messages by the target's UUID, and one that reaches the old server after it processed the
+/// QUIT is dropped there without a 401 (the UUID is gone); `silent` such losses are allowed.
+fn check_received_allowing_bounces(
+    rc: &ChatResult,
+    d: &ChatSpec,
+    rd: &ChatResult,
+    silent: u64,
+) -> Result<()> {
     for target in d.targets() {
         let want = d.expected_at_peer(&target);
         let got = rc.received(&target);
@@ -210,7 +217,7 @@ fn check_received_allowing_bounces(rc: &ChatResult, d: &ChatSpec, rd: &ChatResul
         let bounced = rd.errors().get("401").and_then(|v| v.as_u64()).unwrap_or(0);
         let missing = (want.len() - got.len()) as u64;
         ensure!(
-            missing == bounced,
+            (bounced..=bounced + silent).contains(&missing),
             "private: {missing} missing but {bounced} bounced to D\nC: {}\nD: {}",
             rc.describe(),
             rd.describe()
@@ -264,6 +271,15 @@ fn tls_listener(dir: &std::path::Path) -> Result<String> {
 
 fn drain_scenario(kind: IrcdKind) -> Result<()> {
     drain_scenario_with(kind, false)
+}
+
+/// Private messages the network may drop without a 401 while the nick changes hands (see
+/// `check_received_allowing_bounces`).
+fn silent_losses(kind: IrcdKind) -> u64 {
+    match kind {
+        IrcdKind::Inspircd => 1,
+        IrcdKind::Ngircd => 0,
+    }
 }
 
 fn drain_scenario_with(kind: IrcdKind, tls: bool) -> Result<()> {
@@ -321,7 +337,7 @@ fn drain_scenario_with(kind: IrcdKind, tls: bool) -> Result<()> {
 
     // Exactly once, in order, both ways, in every channel and privately.
     check_received(&rd, &c)?;
-    check_received_allowing_bounces(&rc, &d, &rd)?;
+    check_received_allowing_bounces(&rc, &d, &rd, silent_losses(kind))?;
     check_nothing_shown(&rc)?;
     // Away kept on B: every private message D sent C got a 301 (the server says C is away).
     // ngircd answers 301 on the sender's server, before routing: a message bounced by the old
@@ -538,7 +554,7 @@ fn operator_moves_one_session_with_the_cli() -> Result<()> {
     );
     let (c, d, rc, rd) = p.finish()?;
     check_received(&rd, &c)?;
-    check_received_allowing_bounces(&rc, &d, &rd)?;
+    check_received_allowing_bounces(&rc, &d, &rd, silent_losses(IrcdKind::Ngircd))?;
     check_nothing_shown(&rc)?;
     Ok(())
 }
