@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::echo::{echoes, echoes_within, is_closed};
 use common::fake::EchoBackend;
 use common::proxy;
 use handover::app::Running;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 fn refused(running: &Running, reason: &str) -> u64 {
@@ -29,31 +29,6 @@ async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
     socket.connect(to).await.unwrap()
-}
-
-/// An echo through the proxy: the session works.
-async fn echoes(sock: &mut TcpStream, text: &str) -> bool {
-    echoes_within(sock, text, Duration::from_secs(5)).await
-}
-
-async fn echoes_within(sock: &mut TcpStream, text: &str, limit: Duration) -> bool {
-    if sock.write_all(text.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut buf = vec![0u8; text.len()];
-    matches!(
-        tokio::time::timeout(limit, sock.read_exact(&mut buf)).await,
-        Ok(Ok(_)) if buf == text.as_bytes()
-    )
-}
-
-/// True when the proxy closed the socket (EOF or reset) within a second.
-async fn is_closed(sock: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 16];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), sock.read(&mut buf)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
 }
 
 async fn raw_proxy(backend: &EchoBackend, listener_extra: &str) -> Running {

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::echo::{echoes, is_closed};
 use common::fake::EchoBackend;
 use common::proxy;
 use common::streamer::{assert_moved_byte_for_byte, wait_for, Streamer, PRELUDE};
@@ -78,27 +79,6 @@ fn metric(running: &Running, series: &str) -> Option<f64> {
         .metrics_text()
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
-/// One echo through `sock`.
-async fn echoes(sock: &mut TcpStream, text: &str) -> bool {
-    if sock.write_all(text.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut buf = vec![0u8; text.len()];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), sock.read_exact(&mut buf)).await,
-        Ok(Ok(_)) if buf == text.as_bytes()
-    )
-}
-
-/// True when the proxy closed the socket (EOF or reset) within a second.
-async fn is_closed(sock: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 16];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), sock.read(&mut buf)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
