@@ -181,6 +181,7 @@ pub struct Metrics {
     migrations: Counters,
     migration_duration: Histograms,
     client_pause: Histograms,
+    migration_phase: Histograms,
     replayed: Counters,
     bytes_c2b: AtomicU64,
     bytes_b2c: AtomicU64,
@@ -201,6 +202,12 @@ pub struct Gauges {
 }
 
 pub const BACKEND_STATES: [&str; 4] = ["active", "draining", "drained", "down"];
+
+/// The `phase` labels of `handover_migration_phase_seconds`, in order: `connect` (decision to
+/// connected), `register` (to the new backend's welcome), `flush` (the client paused until the
+/// old backend answered the flush mark: the cut), `settle` (cut to the new backend settled,
+/// e.g. an IRC nick reclaimed).
+pub const MIGRATION_PHASES: [&str; 4] = ["connect", "register", "flush", "settle"];
 
 /// The `reason` labels of `handover_connections_refused_total` (see `listener.rs`).
 pub const REFUSED_REASONS: [&str; 5] = [
@@ -244,6 +251,9 @@ impl Metrics {
             }
             self.migration_duration.touch(&[protocol]);
             self.client_pause.touch(&[protocol]);
+            for phase in MIGRATION_PHASES {
+                self.migration_phase.touch(&[protocol, phase]);
+            }
             self.replayed.add(&[protocol], 0);
         }
     }
@@ -304,6 +314,13 @@ impl Metrics {
         self.migration_duration.observe(&[protocol], duration);
         self.client_pause.observe(&[protocol], pause);
         self.replayed.add(&[protocol], replayed);
+    }
+
+    /// Where a successful migration's time went, phase by phase (see [`MIGRATION_PHASES`]).
+    pub fn migration_phases(&self, protocol: &str, phases: [Duration; 4]) {
+        for (phase, took) in MIGRATION_PHASES.iter().zip(phases) {
+            self.migration_phase.observe(&[protocol, phase], took);
+        }
     }
 
     pub fn bytes(&self, client_to_backend: u64, backend_to_client: u64) {
@@ -379,6 +396,12 @@ impl Metrics {
             "handover_client_pause_seconds",
             "Time a client's input was held.",
             &["protocol"],
+        );
+        self.migration_phase.render(
+            &mut out,
+            "handover_migration_phase_seconds",
+            "Time a successful migration spent in each phase: connect to the new backend, register there, flush the old one, settle the new one after the cut.",
+            &["protocol", "phase"],
         );
         self.replayed.render(
             &mut out,
@@ -459,6 +482,7 @@ mod tests {
             "handover_migration_duration_seconds_bucket{protocol=\"irc\",le=\"+Inf\"} 0",
             "handover_migration_duration_seconds_count{protocol=\"raw\"} 0",
             "handover_client_pause_seconds_sum{protocol=\"irc\"} 0",
+            "handover_migration_phase_seconds_count{protocol=\"irc\",phase=\"settle\"} 0",
             "handover_replayed_bytes_total{protocol=\"raw\"} 0",
         ] {
             assert!(text.contains(needle), "{needle} missing:\n{text}");
@@ -479,6 +503,7 @@ mod tests {
             Duration::from_millis(2),
             17,
         );
+        m.migration_phases("irc", [1, 20, 3, 6].map(Duration::from_millis));
         m.bytes(10, 20);
         let text = m.render(&Gauges {
             sessions: vec![("irc".into(), "a".into(), 3)],
@@ -492,6 +517,9 @@ mod tests {
             "handover_migration_duration_seconds_bucket{protocol=\"irc\",le=\"0.05\"} 1",
             "handover_migration_duration_seconds_bucket{protocol=\"irc\",le=\"0.025\"} 0",
             "handover_client_pause_seconds_count{protocol=\"irc\"} 1",
+            "handover_migration_phase_seconds_bucket{protocol=\"irc\",phase=\"register\",le=\"0.025\"} 1",
+            "handover_migration_phase_seconds_bucket{protocol=\"irc\",phase=\"register\",le=\"0.01\"} 0",
+            "handover_migration_phase_seconds_sum{protocol=\"irc\",phase=\"connect\"} 0.001",
             "handover_replayed_bytes_total{protocol=\"irc\"} 17",
             "handover_backend_state{backend=\"a\",state=\"draining\"} 1",
             "handover_backend_state{backend=\"a\",state=\"active\"} 0",

@@ -89,6 +89,12 @@ async fn drain_moves_a_streaming_client_byte_for_byte() {
         metrics.contains("handover_migration_duration_seconds_count{protocol=\"raw\"} 1"),
         "{metrics}"
     );
+    for phase in ["connect", "register", "flush", "settle"] {
+        let count = format!(
+            "handover_migration_phase_seconds_count{{protocol=\"raw\",phase=\"{phase}\"}} 1"
+        );
+        assert!(metrics.contains(&count), "{count} missing:\n{metrics}");
+    }
     assert!(
         metrics.contains("handover_sessions{listener=\"main\",backend=\"b\"} 1"),
         "{metrics}"

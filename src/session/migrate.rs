@@ -54,6 +54,10 @@ pub(super) struct Migration {
     from: String,
     started: Instant,
     paused_at: Option<Instant>,
+    /// When each phase ended, for `handover_migration_phase_seconds`.
+    connected_at: Option<Instant>,
+    registered_at: Option<Instant>,
+    cut_at: Option<Instant>,
     phase: Phase,
     reply: Option<oneshot::Sender<MigrationResult>>,
     /// The flush mark was sent to A and its reply has not come yet.
@@ -141,6 +145,20 @@ impl Migration {
             Some(_) if self.source_lost || self.flush_expired => true,
             Some(a) => !self.mark_pending && !a.busy(),
         }
+    }
+
+    /// Time spent connecting, registering, flushing and settling, ending at `now`; a phase
+    /// that never ran (a cut forced before B registered) counts as nothing.
+    fn phases(&self, now: Instant) -> [Duration; 4] {
+        let connected = self.connected_at.unwrap_or(self.started);
+        let registered = self.registered_at.unwrap_or(connected);
+        let cut = self.cut_at.unwrap_or(now);
+        [
+            connected.saturating_duration_since(self.started),
+            registered.saturating_duration_since(connected),
+            cut.saturating_duration_since(registered),
+            now.saturating_duration_since(cut),
+        ]
     }
 
     /// The session is ending mid-migration.
@@ -248,6 +266,9 @@ impl Session {
             target,
             started: Instant::now(),
             paused_at: if lost { self.lost_since } else { None },
+            connected_at: None,
+            registered_at: None,
+            cut_at: None,
             phase: Phase::Connecting(connect_fut, None),
             reply,
             mark_pending: false,
@@ -279,6 +300,7 @@ impl Session {
         if permit.is_some() {
             m._permit = permit;
         }
+        m.connected_at.get_or_insert_with(Instant::now);
         let mut link = Link::new(stream);
         if let Phase::Connecting(_, Some(send)) = &mut m.phase {
             // A registration's reconnect: same deadline, registration goes on.
@@ -383,7 +405,9 @@ impl Session {
         };
         let deadline = Instant::now() + Duration::from_millis(self.ctx.migration.flush_timeout_ms);
         m.phase = Phase::Flushing { link, deadline };
-        m.paused_at.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        m.registered_at = Some(now);
+        m.paused_at.get_or_insert(now);
         self.paused = true;
         if let Some(a) = self.backend.as_mut() {
             if let Some(mark) = self.adapter.flush_mark() {
@@ -420,6 +444,7 @@ impl Session {
         let Phase::Flushing { mut link, .. } = std::mem::replace(&mut m.phase, Phase::Done) else {
             return;
         };
+        m.cut_at = Some(Instant::now());
         if let Some(mut a) = self.backend.take() {
             if let Some(bye) = self.adapter.detach() {
                 a.push(bye);
@@ -555,6 +580,7 @@ impl Session {
         metrics.migration(self.ctx.protocol, reason, outcome);
         if outcome == Outcome::Ok {
             metrics.migration_timing(self.ctx.protocol, took, pause, replayed);
+            metrics.migration_phases(self.ctx.protocol, m.phases(Instant::now()));
         }
         info!(
             reason = reason.label(),
