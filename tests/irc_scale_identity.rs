@@ -132,18 +132,22 @@ fn five_hundred_sessions_drain_off_ngircd_paced_and_none_closed() -> Result<()> 
         let engine = running.engine.clone();
         let addr = running.listener("main");
         engine.drain("b").unwrap();
-        // Connect paced as well (8 at a time); 50 channels of 10, as on a real network (one
+        // Connect paced as well (8 at a time); 50 channels of 8, as on a real network (one
         // channel of 500 makes every move a 1500-line broadcast, and ngircd 26.1's compressed
-        // server link breaks under that load: a netsplit, not a test of handover).
+        // server link breaks under that load: a netsplit, not a test of handover). Every fifth
+        // client joins no channel: b relays it no QUIT, so its nick comes back another way.
         let slots = Arc::new(tokio::sync::Semaphore::new(8));
         let mut tasks = Vec::new();
         for i in 0..N {
             let permit = slots.clone().acquire_owned().await?;
             tasks.push(tokio::spawn(async move {
                 let mut c = Raw::connect(addr, None, &format!("m{i}")).await?;
-                c.send(&format!("JOIN #mass{}\r\n", i % 50)).await?;
-                let joined = c.until(|l| l.split(' ').nth(1) == Some("366"), Duration::from_secs(20)).await?;
-                c.history.extend(joined);
+                if i % 5 != 0 {
+                    c.send(&format!("JOIN #mass{}\r\n", i % 50)).await?;
+                    let joined =
+                        c.until(|l| l.split(' ').nth(1) == Some("366"), Duration::from_secs(20)).await?;
+                    c.history.extend(joined);
+                }
                 drop(permit);
                 anyhow::Ok(c)
             }));
@@ -203,7 +207,8 @@ fn five_hundred_sessions_drain_off_ngircd_paced_and_none_closed() -> Result<()> 
                 c.send(&format!("PING :check{i}\r\n")).await?;
                 lines.extend(c.until(|l| l.ends_with(&format!("check{i}")), Duration::from_secs(30)).await?);
                 // Others' temporary nicks joining are the visible trace for other users;
-                // the client's own JOIN or a second 001 would be a glitch.
+                // the client's own JOIN, a second 001 or its temporary nick (a NICK line
+                // when the reclaim gave up) would be a glitch.
                 let own_join = format!(":m{i}!");
                 let temp = format!("m{i}_");
                 let glitches: Vec<&String> = lines

@@ -218,6 +218,24 @@ pub trait SessionAdapter: Send + 'static {
         None
     }
 
+    /// The old backend's link is gone after a cut (it closed, failed, or its few seconds were
+    /// up): frames for the new backend. IRC: the old server has processed the `QUIT`, so the
+    /// real nick is free, and a reclaim that had nothing else to wait for asks for it now.
+    fn old_backend_closed(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
+
+    /// When the adapter wants [`SessionAdapter::on_wake`] called (IRC: the next `NICK` of a
+    /// reclaim, after a back-off).
+    fn wake_at(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+
+    /// `wake_at` has passed: frames for the current backend.
+    fn on_wake(&mut self, _now: tokio::time::Instant) -> Vec<Bytes> {
+        Vec::new()
+    }
+
     /// The new backend is current now: frames to send it at once (IRC: take the nick back).
     fn cutover(&mut self) -> Vec<Bytes> {
         Vec::new()

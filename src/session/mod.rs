@@ -437,13 +437,11 @@ impl Session {
             .backend
             .as_ref()
             .is_some_and(|b| b.pollable(read_backend));
-        let deadline = self
-            .migration
-            .as_ref()
-            .and_then(|m| m.deadline())
-            .or(self.settling.as_ref().map(|(_, until)| *until))
-            .or(self.retry_at);
-        self.deadline_timer.set(deadline);
+        self.deadline_timer
+            .set(match (self.deadline(), self.adapter.wake_at()) {
+                (Some(d), Some(w)) => Some(d.min(w)),
+                (d, w) => d.or(w),
+            });
         self.limit_timer.set(self.limit_deadline());
         // Boxed, and only for the few seconds after a cut: an idle session's future stays small.
         let has_detached = self.detached.is_some();
@@ -468,7 +466,7 @@ impl Session {
             ev = io_opt(&mut self.backend, read_backend), if backend_pollable => self.on_backend_io(ev),
             ev = migrate::poll(&mut self.migration) => self.on_migration_event(ev),
             _ = self.deadline_timer.fired(), if self.deadline_timer.is_set() => {
-                self.on_deadline();
+                self.on_timer();
                 None
             },
             _ = self.limit_timer.fired(), if self.limit_timer.is_set() => self.limit_reached(),
@@ -628,7 +626,40 @@ impl Session {
         if !open {
             if let Some(old) = self.detached.take() {
                 tokio::spawn(old.link.finish(Duration::from_millis(100)));
+                self.old_backend_closed();
             }
+        }
+    }
+
+    /// The session's next deadline: the migration's phase, the settling, or a failover retry.
+    fn deadline(&self) -> Option<Instant> {
+        self.migration
+            .as_ref()
+            .and_then(|m| m.deadline())
+            .or(self.settling.as_ref().map(|(_, until)| *until))
+            .or(self.retry_at)
+    }
+
+    /// The deadline timer fired: for the session's deadline, the adapter's (its answer goes
+    /// to the backend), or both.
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.adapter.wake_at().is_some_and(|at| at <= now) {
+            let frames = self.adapter.on_wake(now);
+            if let Some(b) = self.backend.as_mut() {
+                frames.into_iter().for_each(|f| b.push(f));
+            }
+        }
+        if self.deadline().is_some_and(|at| at <= now) {
+            self.on_deadline();
+        }
+    }
+
+    /// Tells the adapter the detached old backend is gone; what it answers goes to B.
+    fn old_backend_closed(&mut self) {
+        let frames = self.adapter.old_backend_closed();
+        if let Some(b) = self.backend.as_mut() {
+            frames.into_iter().for_each(|f| b.push(f));
         }
     }
 

@@ -532,18 +532,42 @@ impl SessionAdapter for IrcSession {
         }
         let temp = m.register.nick();
         if !irc_eq(temp.as_bytes(), real.as_bytes()) {
-            let (reclaim, nick) = Reclaim::start(&real, temp, m.register.userhost());
-            self.reclaim = Some(Box::new(reclaim));
+            let (mut reclaim, nick) = Reclaim::start(&real, temp, m.register.userhost());
             // With shared channels, B relays the old connection's QUIT once the network has
             // processed it, and the reclaim answers that QUIT with the NICK. Asking earlier
             // races the QUIT: under load a server can accept the NICK while the old server
             // still holds the nick, and the network kills both for a nick collision.
+            // Without shared channels, the NICK waits for the old link to close (the old
+            // server closes it once it has sent the network the QUIT).
             // In a failover B may have seen that QUIT (a netsplit) before we joined: ask now.
-            if self.snap.channels.is_empty() || !m.detached {
+            if !m.detached {
                 send.push(nick);
+            } else if self.snap.channels.is_empty() {
+                reclaim.defer();
             }
+            self.reclaim = Some(Box::new(reclaim));
         }
         send
+    }
+
+    fn wake_at(&self) -> Option<tokio::time::Instant> {
+        self.reclaim.as_ref().and_then(|r| r.wake_at())
+    }
+
+    fn on_wake(&mut self, now: tokio::time::Instant) -> Vec<Bytes> {
+        self.reclaim
+            .as_mut()
+            .and_then(|r| r.on_wake(now))
+            .into_iter()
+            .collect()
+    }
+
+    fn old_backend_closed(&mut self) -> Vec<Bytes> {
+        self.reclaim
+            .as_mut()
+            .and_then(|r| r.old_link_closed())
+            .into_iter()
+            .collect()
     }
 
     /// Private messages to the client's nick: until the old server has processed the `QUIT`,

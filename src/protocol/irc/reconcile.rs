@@ -1,24 +1,37 @@
 //! After the cut on a linked network: take the real nick back from the temporary one.
 //!
-//! The real nick is free once the old link's QUIT has crossed the network. `cutover` asks for
-//! it at once; a 433 (still held) is answered with another `NICK`, up to [`RETRIES`] times. When
-//! the new link shares a channel with the old one, B also relays the old link's QUIT: that is
-//! hidden (the client must never see itself quit) and answered with `NICK`. If the retries run
-//! out while channels are shared, the QUIT is certain to come, so the reclaim waits for it and
-//! shows the client nothing; without shared channels it gives up and tells the client of its
-//! new nick with a NICK line of its own (the one trace of a migration a client may then see).
+//! The real nick is free once the old link's QUIT has crossed the network. When the new link
+//! shares a channel with the old one, B relays the old link's QUIT: that is hidden (the client
+//! must never see itself quit) and answered with `NICK`; a 433 (still held) is answered with
+//! another `NICK`, up to [`RETRIES`] times, and then the QUIT, certain to come, is waited for.
+//! Without shared channels the first `NICK` waits for the old link to close (the old server has
+//! then sent the network its QUIT), and a 433 is answered with the `NICK` again after a
+//! back-off ([`PACED_FIRST`], doubling up to [`PACED_MAX`]): the QUIT can take a busy server many
+//! of its loops, or a distant link many milliseconds, to arrive, and a `NICK` every round trip
+//! would only keep B busier and run out of tries first. After [`PACED_RETRIES`] (about 17 s)
+//! the reclaim gives up and tells the client of its new nick with a NICK line of its own (the
+//! one trace of a migration a client may then see). A failover asks at once and retries
+//! [`RETRIES`] times.
 //!
 //! Until the nick is back, B's lines that name the temporary nick as source or first
 //! parameter (numerics are addressed to it) are rewritten to the real nick, and the client's
 //! messages to itself the other way, so that the client never sees the temporary nick.
 
+use std::time::Duration;
+
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::message::{irc_eq, line, offset_in, splice, Message};
 use super::numerics::{one_of, ERR_ERRONEUSNICKNAME, NICK_TAKEN};
 
 /// `NICK` retries answered to 433 before giving up (or waiting for the QUIT).
 pub const RETRIES: u8 = 20;
+/// `NICK` retries after a back-off, once the old link has closed.
+pub const PACED_RETRIES: u8 = 40;
+/// The first back-off; each 433 doubles it, up to [`PACED_MAX`].
+pub const PACED_FIRST: Duration = Duration::from_millis(5);
+pub const PACED_MAX: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 pub struct Reclaim {
@@ -30,6 +43,13 @@ pub struct Reclaim {
     /// The old link's QUIT was answered: it frees the nick once, so later ones (a hostile B
     /// repeating it) are hidden, not each answered with a `NICK` that B may never read.
     quit_answered: bool,
+    /// The `NICK` waits for the old link to close (see [`Reclaim::defer`]).
+    deferred: bool,
+    /// The old link closed, so the QUIT is on its way: 433s are answered after a back-off.
+    paced: bool,
+    backoff: Duration,
+    /// When the next paced `NICK` goes.
+    retry_at: Option<Instant>,
 }
 
 /// What a B line means for the reclaim.
@@ -58,9 +78,43 @@ impl Reclaim {
             userhost: userhost.unwrap_or("handover@handover.invalid").to_string(),
             tries: 1,
             quit_answered: false,
+            deferred: false,
+            paced: false,
+            backoff: PACED_FIRST,
+            retry_at: None,
         };
         let nick = reclaim.nick_line();
         (reclaim, nick)
+    }
+
+    /// Holds the first `NICK` back until the old link has closed. Without shared channels B
+    /// relays no `QUIT`, and a `NICK` sent at the cut reaches B before the old server's `QUIT`
+    /// does: B answers 433 to each retry until then, and a drain of thousands keeps both
+    /// servers busy with them. The old server closes the link right after it sends the
+    /// network its `QUIT`, so from then on the nick is (almost always) free.
+    pub fn defer(&mut self) {
+        self.deferred = true;
+    }
+
+    /// The old link closed: the deferred `NICK`, if one waits.
+    pub fn old_link_closed(&mut self) -> Option<Bytes> {
+        let deferred = std::mem::replace(&mut self.deferred, false);
+        self.paced |= deferred;
+        deferred.then(|| self.nick_line())
+    }
+
+    /// When the next paced `NICK` is due.
+    pub fn wake_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// The paced `NICK`, once it is due.
+    pub fn on_wake(&mut self, now: Instant) -> Option<Bytes> {
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+            return Some(self.nick_line());
+        }
+        None
     }
 
     pub fn temp(&self) -> &str {
@@ -94,7 +148,13 @@ impl Reclaim {
             return Step::Pass;
         }
         if one_of(msg.command, NICK_TAKEN).is_some() {
-            if self.tries < RETRIES {
+            if self.paced && self.tries < PACED_RETRIES {
+                self.tries += 1;
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(PACED_MAX);
+                return Step::Hide;
+            }
+            if !self.paced && self.tries < RETRIES {
                 self.tries += 1;
                 return Step::Reply(self.nick_line());
             }
@@ -166,6 +226,22 @@ mod tests {
 
     fn reclaim() -> Reclaim {
         Reclaim::start("alice", "alice_0k3", Some("~alice@localhost")).0
+    }
+
+    #[test]
+    fn a_deferred_reclaim_asks_once_when_the_old_link_closes() {
+        let mut r = reclaim();
+        assert_eq!(
+            r.old_link_closed(),
+            None,
+            "not deferred: asked at the start"
+        );
+        r.defer();
+        assert_eq!(
+            r.old_link_closed(),
+            Some(Bytes::from_static(b"NICK alice\r\n"))
+        );
+        assert_eq!(r.old_link_closed(), None);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! then B's held and later lines through `observe`; and the abort path.
 
 use super::*;
+use crate::protocol::irc::reconcile;
+use std::time::Duration;
 
 const NICK_ALICE: &str = "NICK alice";
 
@@ -137,12 +139,34 @@ fn without_shared_channels_the_reclaim_gives_up_visibly() {
     );
     s.flush_mark();
     s.detach();
-    // No shared channels: B will relay no QUIT, so the NICK goes at once (and is retried).
-    assert_eq!(texts(&s.cutover()), vec![NICK_ALICE]);
+    // No shared channels: B will relay no QUIT, so the NICK goes once the old link has
+    // closed (and is retried).
+    assert!(s.cutover().is_empty(), "nothing before the old link closes");
+    assert_eq!(texts(&s.old_backend_closed()), vec![NICK_ALICE]);
+    assert!(s.old_backend_closed().is_empty(), "asked once");
+    // Each 433 is hidden and answered with the NICK again after a growing back-off.
     let taken = format!(":b.irc.test 433 {temp} alice :Nickname is already in use.");
-    for _ in 1..20 {
-        assert_eq!(server(&mut s, &taken), Verdict::Reply(frame(NICK_ALICE)));
+    let mut last_wait = Duration::ZERO;
+    for _ in 1..reconcile::PACED_RETRIES {
+        let before = tokio::time::Instant::now();
+        assert_eq!(server(&mut s, &taken), Verdict::Hide);
+        let at = s.wake_at().expect("a retry is due later");
+        let wait = at - before;
+        assert!(
+            wait.as_millis() >= last_wait.as_millis(),
+            "the back-off grows: {wait:?}"
+        );
+        assert!(
+            wait <= reconcile::PACED_MAX + Duration::from_millis(100),
+            "{wait:?}"
+        );
+        last_wait = wait;
+        assert!(s.on_wake(before).is_empty(), "not before it is due");
+        assert_eq!(texts(&s.on_wake(at)), vec![NICK_ALICE]);
+        assert!(s.on_wake(at).is_empty(), "once");
+        assert_eq!(s.wake_at(), None);
     }
+    assert!(last_wait >= reconcile::PACED_MAX, "{last_wait:?}");
     assert_eq!(
         server(&mut s, &taken),
         Verdict::Rewrite(frame(&format!(":alice!~alice@127.0.0.1 NICK :{temp}")))
