@@ -513,6 +513,18 @@ def quantile(buckets, q):
     return prev_b
 
 
+def start_irc_holders(cfg, work, port, n, prefix, name):
+    """`bench hold` with n IRC sessions registered on port (paced like the drain): the
+    process, and its first report."""
+    hold = subprocess.Popen(
+        [BENCH, "hold", "--connect", f"127.0.0.1:{port}", "--count", str(n), "--mode", "irc",
+         "--concurrency", str(cfg["drain_setup_concurrency"]), "--rate", str(cfg["drain_setup_rate"]),
+         "--prefix", prefix, "--max-secs", "900"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=work)
+    PROCS.append(_Popen(name, hold))
+    return hold, json.loads(hold.stdout.readline())
+
+
 def bench_drain(cfg, work, R):
     out = {}
     for n in cfg["drain_counts"]:
@@ -541,22 +553,20 @@ def bench_drain(cfg, work, R):
         px = start_proxy_irc_pair(work, n, extra)
         admin = f"http://127.0.0.1:{px.admin}"
         http("POST", f"{admin}/backends/b/drain")  # new sessions all land on a
-        hold = subprocess.Popen(
-            [BENCH, "hold", "--connect", f"127.0.0.1:{px.ports['irc']}", "--count", str(n), "--mode", "irc",
-             "--concurrency", str(cfg["drain_setup_concurrency"]), "--rate", str(cfg["drain_setup_rate"]),
-             "--prefix", "u", "--max-secs", "900"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=work)
-        PROCS.append(_Popen("hold-drain", hold))
-        ready = json.loads(hold.stdout.readline())
+        hold, ready = start_irc_holders(cfg, work, px.ports["irc"], n, "u", "hold-drain")
         log(f"drain {n}: {ready['ready']}/{n} sessions registered through handover on a in {ready['secs']:.2f}s")
         http("POST", f"{admin}/backends/b/undrain")
         time.sleep(1.0)
         before = sum(open(g.logpath, errors="replace").read().count("Compression error!)") for g in (ga, gb))
         if before:
             log(f"drain {n}: WARNING the a-b link broke while the sessions registered: the drain runs on a split network")
+        cpu0 = {k: cpu_secs(p.pid) for k, p in (("handover", px.proc), ("ngircd_a", ga), ("ngircd_b", gb))}
         t0 = time.monotonic()
         reply = json.loads(http("POST", f"{admin}/backends/a/drain?wait=true", timeout=900))
         drain_secs = time.monotonic() - t0
+        # Who was busy: CPU seconds each process spent during the drain.
+        cpu = {k: cpu_secs(p.pid) - cpu0[k] for k, p in (("handover", px.proc), ("ngircd_a", ga), ("ngircd_b", gb))}
+        log(f"drain {n}: CPU seconds during the drain: {cpu}")
         log(f"drain {n}: {reply} in {drain_secs:.2f}s")
         hold.stdin.write("check\n")
         hold.stdin.flush()
@@ -566,6 +576,14 @@ def bench_drain(cfg, work, R):
         backends = json.loads(http("GET", f"{admin}/backends"))
         pause = histogram(metrics, "handover_client_pause_seconds", 'protocol="irc"')
         dur = histogram(metrics, "handover_migration_duration_seconds", 'protocol="irc"')
+        phases = {}
+        for ph in ("connect", "register", "flush", "settle"):
+            b = histogram(metrics, "handover_migration_phase_seconds", f'protocol="irc",phase="{ph}"')
+            total = [float(l.split()[-1]) for l in metrics.splitlines()
+                     if l.startswith("handover_migration_phase_seconds_sum{") and f'phase="{ph}"' in l]
+            phases[ph] = {"p50_ms": quantile(b, 0.5) * 1000, "p99_ms": quantile(b, 0.99) * 1000,
+                          "sum_s": total[0] if total else float("nan")}
+        log(f"drain {n}: phases {phases}")
         ok = sum(float(l.split()[-1]) for l in metrics.splitlines()
                  if l.startswith("handover_migrations_total") and 'outcome="ok"' in l)
         notok = sum(float(l.split()[-1]) for l in metrics.splitlines()
@@ -587,9 +605,31 @@ def bench_drain(cfg, work, R):
         # Reference, last (so that its burst cannot disturb the drain): how fast b registers
         # n clients straight, paced like the drain (10 at once), while it holds the n moved
         # ones until just before.
+        cpu0 = cpu_secs(gb.pid)
         ref = run_json([BENCH, "hold", "--connect", f"127.0.0.1:{pb}", "--count", str(n), "--mode", "irc",
                         "--concurrency", "10", "--prefix", "r", "--max-secs", "300"], timeout=400)
+        ref["cpu_secs_b"] = cpu_secs(gb.pid) - cpu0
         log(f"drain {n}: direct registration on b: {ref['ready']}/{n} in {ref['secs']:.2f}s")
+        time.sleep(1.0)
+        # The floor for the drain itself: n clients held directly on a each do by hand what a
+        # migration asks of the servers (register a temporary nick on b with a PING barrier,
+        # a PING on a, QUIT on a and wait for the close, NICK back on b), 10 at once like the
+        # drain, with no proxy in the way.
+        own, own_ready = start_irc_holders(cfg, work, pa, n, "m", "hold-move")
+        time.sleep(1.0)
+        cpu0 = {k: cpu_secs(p.pid) for k, p in (("ngircd_a", ga), ("ngircd_b", gb))}
+        own.stdin.write(f"move 127.0.0.1:{pb} 10\n")
+        own.stdin.flush()
+        by_hand = json.loads(own.stdout.readline())
+        by_hand["cpu_secs"] = {k: cpu_secs(p.pid) - cpu0[k] for k, p in (("ngircd_a", ga), ("ngircd_b", gb))}
+        own.stdin.write("check\n")
+        own.stdin.flush()
+        by_hand["check"] = json.loads(own.stdout.readline())
+        own.stdin.write("quit\n")
+        own.stdin.flush()
+        own.wait(60)
+        PROCS.remove(next(p for p in PROCS if p.name == "hold-move"))
+        log(f"drain {n}: the same moves by hand, no proxy ({own_ready['ready']} held on a): {by_hand}")
         ga.stop()
         gb.stop()
         out[n] = {"sessions": n, "registered": ready["ready"], "drain_secs": drain_secs,
@@ -599,10 +639,14 @@ def bench_drain(cfg, work, R):
                   "link_broke_before_drain": before,
                   "second_welcomes": check["welcomes_after_ready"],
                   "direct_register_secs": ref["secs"], "direct_registered": ref["ready"],
+                  "direct_register_cpu_b": ref["cpu_secs_b"], "nick_changes": check.get("nick_changes"),
                   "drain_over_direct": drain_secs / ref["secs"] if ref["secs"] else None,
+                  "by_hand": by_hand,
+                  "drain_over_by_hand": drain_secs / by_hand["secs"] if by_hand["secs"] else None,
                   "pause_p50_ms": quantile(pause, 0.5) * 1000, "pause_p99_ms": quantile(pause, 0.99) * 1000,
                   "duration_p50_ms": quantile(dur, 0.5) * 1000, "duration_p99_ms": quantile(dur, 0.99) * 1000,
                   "pause_buckets": pause, "duration_buckets": dur,
+                  "phases": phases, "cpu_secs": cpu,
                   "backends_after": backends}
         time.sleep(1.0)
     return out
@@ -721,12 +765,32 @@ def report(res, R, cfg):
                       f"{ratio(v['marginal_kib_per_session'], M[hk]['marginal_kib_per_session']) if hk in M else '–'} |")
     if "drain" in res:
         md.append(f"\n### Drain: IRC sessions moved off ngircd a onto ngircd b, started linked (max_concurrent 10, max_per_second {cfg['drain_max_per_second']})\n")
-        md.append("| sessions | migrated | failed | kept (PONG after) | closed | second welcomes | a–b network during the drain | drain s | direct registration on b s | drain ÷ direct | pause p50 ms | pause p99 ms | migration p50 ms | migration p99 ms |")
-        md.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        md.append("| sessions | migrated | failed | kept (PONG after) | closed | second welcomes | NICK lines seen | a–b network during the drain | drain s | pause p50 ms | pause p99 ms | migration p50 ms | migration p99 ms |")
+        md.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for n, v in res["drain"].items():
-            md.append(f"| {n} | {v['reply'].get('migrated')} | {v['reply'].get('failed')} | {v['kept']} | {v['closed']} | {v['second_welcomes']} | {'split (link broke in set-up)' if v.get('link_broke_before_drain') else 'linked'} | "
-                      f"{fmt(v['drain_secs'])} | {fmt(v['direct_register_secs'])} | {fmt(v['drain_over_direct'])}× | "
-                      f"{fmt(v['pause_p50_ms'], 1)} | {fmt(v['pause_p99_ms'], 1)} | {fmt(v['duration_p50_ms'], 1)} | {fmt(v['duration_p99_ms'], 1)} |")
+            md.append(f"| {n} | {v['reply'].get('migrated')} | {v['reply'].get('failed')} | {v['kept']} | {v['closed']} | {v['second_welcomes']} | {v.get('nick_changes', '–')} | {'split (link broke in set-up)' if v.get('link_broke_before_drain') else 'linked'} | "
+                      f"{fmt(v['drain_secs'])} | {fmt(v['pause_p50_ms'], 1)} | {fmt(v['pause_p99_ms'], 1)} | {fmt(v['duration_p50_ms'], 1)} | {fmt(v['duration_p99_ms'], 1)} |")
+        md.append("\n#### Drain against its floors, and who was busy (CPU seconds of each process while it ran)\n")
+        md.append("| sessions | drain s | same moves by hand, no proxy s (moved / failed) | drain ÷ by hand | direct registration on b s | drain ÷ direct registration | CPU in the drain: handover / ngircd a / ngircd b | CPU by hand: ngircd a / ngircd b | CPU of b in the direct registration |")
+        md.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n, v in res["drain"].items():
+            bh = v.get("by_hand") or {}
+            c = v.get("cpu_secs") or {}
+            bc = bh.get("cpu_secs") or {}
+            md.append(f"| {n} | {fmt(v['drain_secs'])} | {fmt(bh.get('secs'))} ({bh.get('moved')} / {bh.get('failed')}) | {fmt(v.get('drain_over_by_hand'))}× | "
+                      f"{fmt(v['direct_register_secs'])} | {fmt(v['drain_over_direct'])}× | "
+                      f"{fmt(c.get('handover'))} / {fmt(c.get('ngircd_a'))} / {fmt(c.get('ngircd_b'))} | {fmt(bc.get('ngircd_a'))} / {fmt(bc.get('ngircd_b'))} | {fmt(v.get('direct_register_cpu_b'))} |")
+        md.append("\n#### Where a migration's time went (handover_migration_phase_seconds)\n")
+        md.append("| sessions | connect p50 / p99 ms | register on b p50 / p99 ms | flush (a's reply) p50 / p99 ms | settle (nick back on b) p50 / p99 ms | share of the time: connect / register / flush / settle |")
+        md.append("|---:|---:|---:|---:|---:|---:|")
+        for n, v in res["drain"].items():
+            ph = v.get("phases") or {}
+            if not ph:
+                continue
+            total = sum(ph[k]["sum_s"] for k in ph) or 1
+            cells = " | ".join(f"{fmt(ph[k]['p50_ms'], 1)} / {fmt(ph[k]['p99_ms'], 1)}" for k in ("connect", "register", "flush", "settle"))
+            share = " / ".join(f"{100 * ph[k]['sum_s'] / total:.0f} %" for k in ("connect", "register", "flush", "settle"))
+            md.append(f"| {n} | {cells} | {share} |")
     if "accept" in res:
         A = res["accept"]
         md.append(f"\n### Accept rate: new sessions per second (connect, 4-byte echo, close; 32 at once, {cfg['accept_secs']} s, median of {cfg['rounds']})\n")

@@ -7,7 +7,11 @@
 //! bench accept-rate  --connect ADDR [--secs S]          new sessions per second (connect, echo, close)
 //! bench hold         --connect ADDR --count N --mode raw|irc
 //!                                                       open N idle sessions, then obey stdin:
-//!                                                       `check` (irc: PING each, count PONGs), `quit`
+//!                                                       `check` (irc: PING each, count PONGs), `quit`,
+//!                                                       `move ADDR N` (irc: each session does by
+//!                                                       itself what a migration asks of the
+//!                                                       servers, N at once: the floor a drain
+//!                                                       is compared with)
 //! ```
 //!
 //! Every program prints one JSON object per result on stdout, listens on or connects to the
@@ -379,7 +383,20 @@ struct HoldStats {
     closed: AtomicU64,
     welcomes_after_ready: AtomicU64,
     pongs: AtomicU64,
+    moved: AtomicU64,
+    move_failed: AtomicU64,
+    /// NICK lines a client saw: a migration's visible trace (the bench never renames).
+    nick_changes: AtomicU64,
 }
+
+/// A `move` order: where to, and how many sessions move at once.
+struct MoveOrder {
+    to: SocketAddr,
+    slots: Arc<Semaphore>,
+}
+
+/// The `cmd` value that orders a move (check rounds count up from 1).
+const MOVE: u64 = u64::MAX - 1;
 
 async fn hold(
     addr: SocketAddr,
@@ -397,9 +414,11 @@ async fn hold(
     let setup = Arc::new(Semaphore::new(concurrency.max(1)));
     // 0: hold; n > 0: check round n (PING with that token); u64::MAX: quit.
     let (cmd_tx, cmd_rx) = watch::channel(0u64);
+    let order: Arc<std::sync::OnceLock<MoveOrder>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
         let (stats, setup, cmd_rx) = (stats.clone(), setup.clone(), cmd_rx.clone());
+        let order = order.clone();
         let nick = format!("{prefix}{i}");
         tasks.spawn(async move {
             if rate > 0.0 {
@@ -410,7 +429,7 @@ async fn hold(
                 Ok(Ok(conn)) => {
                     stats.ready.fetch_add(1, Ordering::Relaxed);
                     drop(permit);
-                    idle(conn, mode, stats, cmd_rx).await;
+                    idle(conn, mode, &nick, stats, cmd_rx, order).await;
                 }
                 _ => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -458,10 +477,36 @@ async fn hold(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 println!(
-                    "{{\"check\":{round},\"pongs\":{},\"closed\":{},\"welcomes_after_ready\":{},\"secs\":{:.3}}}",
+                    "{{\"check\":{round},\"pongs\":{},\"closed\":{},\"welcomes_after_ready\":{},\"nick_changes\":{},\"secs\":{:.3}}}",
                     stats.pongs.load(Ordering::Relaxed),
                     stats.closed.load(Ordering::Relaxed),
                     stats.welcomes_after_ready.load(Ordering::Relaxed),
+                    stats.nick_changes.load(Ordering::Relaxed),
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            Some(l) if l.starts_with("move ") && mode == Mode::Irc => {
+                let mut words = l.split_whitespace().skip(1);
+                let to = words.next().and_then(|a| a.parse().ok());
+                let at_once = words.next().and_then(|n| n.parse().ok()).unwrap_or(10);
+                let Some(to) = to else { break };
+                let slots = Arc::new(Semaphore::new(at_once));
+                if order.set(MoveOrder { to, slots }).is_err() {
+                    break; // one move per run
+                }
+                let t = Instant::now();
+                let _ = cmd_tx.send(MOVE);
+                let want = stats.ready.load(Ordering::Relaxed);
+                let done = || {
+                    stats.moved.load(Ordering::Relaxed) + stats.move_failed.load(Ordering::Relaxed)
+                };
+                while done() < want && t.elapsed() < Duration::from_secs(300) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                println!(
+                    "{{\"moved\":{},\"failed\":{},\"secs\":{:.3}}}",
+                    stats.moved.load(Ordering::Relaxed),
+                    stats.move_failed.load(Ordering::Relaxed),
                     t.elapsed().as_secs_f64()
                 );
             }
@@ -517,7 +562,14 @@ async fn open(addr: SocketAddr, mode: Mode, nick: &str) -> std::io::Result<Conn>
 
 /// Holds a session: answers the server's PINGs, counts welcomes and closes, and on a check
 /// round sends `PING :chk<round>` and counts the PONG.
-async fn idle(mut conn: Conn, mode: Mode, stats: Arc<HoldStats>, mut cmd: watch::Receiver<u64>) {
+async fn idle(
+    mut conn: Conn,
+    mode: Mode,
+    nick: &str,
+    stats: Arc<HoldStats>,
+    mut cmd: watch::Receiver<u64>,
+    order: Arc<std::sync::OnceLock<MoveOrder>>,
+) {
     // read_until (unlike read_line) is cancel-safe: a partial line stays in `raw`.
     let mut raw = Vec::new();
     loop {
@@ -527,6 +579,35 @@ async fn idle(mut conn: Conn, mode: Mode, stats: Arc<HoldStats>, mut cmd: watch:
                 if changed.is_err() || round == u64::MAX {
                     close_rst(conn.into_inner());
                     return;
+                }
+                if round == MOVE {
+                    let Some(order) = order.get() else { continue };
+                    let slot = order.slots.acquire().await;
+                    let moved = tokio::time::timeout(
+                        Duration::from_secs(60),
+                        move_by_hand(&mut conn, order.to, nick),
+                    );
+                    let moved = moved.await;
+                    drop(slot);
+                    match moved {
+                        Ok(Ok(new)) => {
+                            conn = new;
+                            raw.clear();
+                            stats.moved.fetch_add(1, Ordering::Relaxed);
+                        }
+                        failed => {
+                            let why = match failed {
+                                Err(_) => "timed out".to_string(),
+                                Ok(Err(e)) => e.to_string(),
+                                Ok(Ok(_)) => unreachable!(),
+                            };
+                            eprintln!("bench hold: {nick} did not move: {why}");
+                            stats.move_failed.fetch_add(1, Ordering::Relaxed);
+                            let _ = cmd.wait_for(|r| *r == u64::MAX).await;
+                            return;
+                        }
+                    }
+                    continue;
                 }
                 if mode == Mode::Irc
                     && conn.get_mut().write_all(format!("PING :chk{round}\r\n").as_bytes()).await.is_err()
@@ -563,12 +644,79 @@ async fn idle(mut conn: Conn, mode: Mode, stats: Arc<HoldStats>, mut cmd: watch:
                             Some("PONG") if line.contains(":chk") => {
                                 stats.pongs.fetch_add(1, Ordering::Relaxed);
                             }
+                            Some("NICK") => {
+                                stats.nick_changes.fetch_add(1, Ordering::Relaxed);
+                            }
                             _ => {}
                         }
                     }
                 }
                 raw.clear();
             }
+        }
+    }
+}
+
+/// What a migration asks of the servers, done by the client itself with no proxy: register a
+/// temporary nick on `to` and wait for the end of its burst (a PING barrier), a PING round
+/// trip on the old server (the flush mark), QUIT there and wait for it to close, then take the
+/// real nick on `to` (again after a back-off on 433, as handover does). The drain's floor:
+/// the backends' work.
+async fn move_by_hand(old: &mut Conn, to: SocketAddr, nick: &str) -> std::io::Result<Conn> {
+    let temp = format!("{nick}_m");
+    let mut new = open(to, Mode::Irc, &temp).await?;
+    new.get_mut().write_all(b"PING :reg\r\n").await?;
+    wait_for(&mut new, |l| {
+        l.contains("PONG") && l.trim_end().ends_with(":reg")
+    })
+    .await?;
+    old.get_mut().write_all(b"PING :flush\r\n").await?;
+    wait_for(old, |l| {
+        l.contains("PONG") && l.trim_end().ends_with(":flush")
+    })
+    .await?;
+    old.get_mut().write_all(b"QUIT :moving\r\n").await?;
+    let mut sink = Vec::new();
+    while old.read_until(b'\n', &mut sink).await? > 0 {
+        sink.clear();
+    }
+    let mut backoff = Duration::from_millis(5);
+    for _ in 0..40 {
+        new.get_mut()
+            .write_all(format!("NICK {nick}\r\n").as_bytes())
+            .await?;
+        let echo = " NICK ";
+        let line = wait_for(&mut new, |l| {
+            l.contains(echo) || l.split_whitespace().nth(1) == Some("433")
+        })
+        .await?;
+        if line.contains(echo) {
+            return Ok(new);
+        }
+        // Still taken: b has not read a's QUIT yet. Ask again after a back-off.
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+    Err(std::io::ErrorKind::AddrInUse.into())
+}
+
+/// Reads lines (answering PINGs) until one matches; returns it.
+async fn wait_for(conn: &mut Conn, want: impl Fn(&str) -> bool) -> std::io::Result<String> {
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        if conn.read_until(b'\n', &mut raw).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = String::from_utf8_lossy(&raw).into_owned();
+        if let Some(rest) = line.strip_prefix("PING") {
+            conn.get_mut()
+                .write_all(format!("PONG{rest}").as_bytes())
+                .await?;
+            continue;
+        }
+        if want(&line) {
+            return Ok(line);
         }
     }
 }
