@@ -7,7 +7,7 @@ pub mod tls;
 
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -100,12 +100,13 @@ impl AsyncWrite for Stream {
 }
 
 /// Reads into `buf`'s spare capacity; `Ok(0)` is end of stream. Cancel-safe: bytes are only
-/// consumed from the socket when this returns `Ready`.
+/// consumed from the socket when this returns `Ready`. No readiness check of its own: a plain
+/// socket's `poll_read` waits on readiness itself (a check here was a second one per read, a
+/// third with the link's).
 pub fn poll_read_into(
     stream: &mut Stream,
     cx: &mut Context<'_>,
     buf: &mut bytes::BytesMut,
 ) -> Poll<io::Result<usize>> {
-    ready!(stream.poll_read_ready(cx))?;
     tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
