@@ -302,6 +302,8 @@ pub struct Session {
     /// The migration's, settling's or failover retry's deadline, and the watched limit's.
     deadline_timer: Timer,
     limit_timer: Timer,
+    /// Whether the next turn polls the client link before the backend link (it alternates).
+    client_first: bool,
 }
 
 /// How long the old backend is read after a cut before it is closed regardless.
@@ -396,6 +398,7 @@ pub fn run(
         detached: None,
         deadline_timer: Timer::default(),
         limit_timer: Timer::default(),
+        client_first: true,
         ctx,
     };
     let span = tracing::info_span!("session", session.id = id, listener = %session.ctx.listener, client.addr = %client_addr);
@@ -417,7 +420,13 @@ impl Session {
 
     async fn main_loop(&mut self) -> CloseReason {
         loop {
-            let closed = self.step().await;
+            // Nothing of the first await is held across the second: the session's future
+            // stays as small as it was without the second.
+            if let Some(reason) = self.step().await {
+                self.count_bytes();
+                return reason;
+            }
+            let closed = self.write_through().await;
             self.count_bytes();
             if let Some(reason) = closed {
                 return reason;
@@ -449,11 +458,21 @@ impl Session {
             .detached
             .as_deref_mut()
             .map(|old| Box::pin(detached_io(old, read_backend)));
-        // Not `biased`: a peer that is always ready (a flooding backend or client) must not
-        // starve the other branches, the migration's progress and its deadlines among them.
+        let client_first = self.client_first;
+        self.client_first = !client_first;
+        // `biased`: a fixed order spares each turn tokio's random start (a thread-local RNG)
+        // and the polls of branches before a ready one. Fairness comes from the order instead:
+        // a peer that is always ready must not starve the others. First the branches that are
+        // ready only for a bounded while: a command or a deadline is consumed when handled (a
+        // deadline is always moved or cleared by its handler, or one that fired would win every
+        // turn); the new backend's input is bounded by its queue and its deadlines, the old
+        // one's by the client's queue and its grace. Then the client and the current backend,
+        // which may be ready for ever (a flood): polled last, in an order that alternates every
+        // turn, so neither starves the other.
         // Shutdown arrives as a command: polling the shared token here would lock a mutex
         // that every session shares, twice per event.
         tokio::select! {
+            biased;
             cmd = self.cmds.recv() => match cmd {
                 SessionCommand::Migrate { to, reason, reply } => {
                     self.start_migration(to, reason, Some(reply));
@@ -462,19 +481,46 @@ impl Session {
                 SessionCommand::Close => Some(CloseReason::Admin),
                 SessionCommand::Shutdown => Some(CloseReason::Shutdown),
             },
-            ev = self.client.io(read_client), if client_pollable => self.on_client_io(ev),
-            ev = io_opt(&mut self.backend, read_backend), if backend_pollable => self.on_backend_io(ev),
-            ev = migrate::poll(&mut self.migration) => self.on_migration_event(ev),
             _ = self.deadline_timer.fired(), if self.deadline_timer.is_set() => {
                 self.on_timer();
                 None
             },
             _ = self.limit_timer.fired(), if self.limit_timer.is_set() => self.limit_reached(),
+            ev = migrate::poll(&mut self.migration) => self.on_migration_event(ev),
             ev = maybe(detached), if has_detached => {
                 self.on_detached_io(ev);
                 None
             }
+            ev = links_io(
+                client_pollable.then_some((&mut self.client, read_client)),
+                self.backend.as_mut().filter(|_| backend_pollable).map(|b| (b, read_backend)),
+                client_first,
+            ), if client_pollable || backend_pollable => match ev {
+                LinkEvent::Client(ev) => self.on_client_io(ev),
+                LinkEvent::Backend(ev) => self.on_backend_io(ev),
+            },
         }
+    }
+
+    /// Writes what the last event queued on the client or the current backend now, in the same
+    /// wake-up, instead of in a further turn of the `select!` loop: a small message then costs
+    /// one turn per hop instead of two (each turn re-polls every branch). The same write the
+    /// next turn would have made, through the same handlers; one that can't go now leaves its
+    /// link waiting on write readiness, and the next turn polls it as before.
+    async fn write_through(&mut self) -> Option<CloseReason> {
+        if let Some(link) = self.backend.as_mut().filter(|b| b.busy()) {
+            if let Some(ev) = write_now(link).await {
+                if let Some(reason) = self.on_backend_io(ev) {
+                    return Some(reason);
+                }
+            }
+        }
+        if self.client.busy() {
+            if let Some(ev) = write_now(&mut self.client).await {
+                return self.on_client_io(ev);
+            }
+        }
+        None
     }
 
     /// When the watched client limit runs out.
@@ -637,7 +683,10 @@ impl Session {
             .as_ref()
             .and_then(|m| m.deadline())
             .or(self.settling.as_ref().map(|(_, until)| *until))
-            .or(self.retry_at)
+            // The failover retry waits only while no migration runs: one started meanwhile
+            // (an operator's) would not consume it, and a deadline that fires and is not
+            // consumed fires on every turn.
+            .or(self.retry_at.filter(|_| self.migration.is_none()))
     }
 
     /// The deadline timer fired: for the session's deadline, the adapter's (its answer goes
@@ -914,10 +963,61 @@ async fn maybe<F: std::future::Future>(fut: Option<F>) -> F::Output {
     }
 }
 
-async fn io_opt(link: &mut Option<Link>, want_read: bool) -> std::io::Result<IoEvent> {
-    match link {
-        Some(link) => link.io(want_read).await,
-        None => std::future::pending().await,
+/// An event of the client link or of the current backend link.
+enum LinkEvent {
+    Client(std::io::Result<IoEvent>),
+    Backend(std::io::Result<IoEvent>),
+}
+
+/// The next event of either link (each with whether to read it), polling the client first or
+/// second as told. Cancel-safe, as [`Link::io`] is. Each poll makes each link's `io` future
+/// afresh and drops it after: only the two references live in the session's future while it
+/// waits (holding both futures made it 120 bytes larger).
+fn links_io<'a>(
+    mut client: Option<(&'a mut Link, bool)>,
+    mut backend: Option<(&'a mut Link, bool)>,
+    client_first: bool,
+) -> impl std::future::Future<Output = LinkEvent> + 'a {
+    use std::task::Poll;
+    std::future::poll_fn(move |cx| {
+        let mut poll_client = |cx: &mut std::task::Context<'_>| match client.as_mut() {
+            Some((link, read)) => poll_link(link, *read, cx).map(LinkEvent::Client),
+            None => Poll::Pending,
+        };
+        let mut poll_backend = |cx: &mut std::task::Context<'_>| match backend.as_mut() {
+            Some((link, read)) => poll_link(link, *read, cx).map(LinkEvent::Backend),
+            None => Poll::Pending,
+        };
+        if client_first {
+            if let Poll::Ready(ev) = poll_client(cx) {
+                return Poll::Ready(ev);
+            }
+            poll_backend(cx)
+        } else {
+            if let Poll::Ready(ev) = poll_backend(cx) {
+                return Poll::Ready(ev);
+            }
+            poll_client(cx)
+        }
+    })
+}
+
+/// Polls a link's [`Link::io`] once, with a future made for this poll (it is cancel-safe).
+fn poll_link(
+    link: &mut Link,
+    want_read: bool,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::io::Result<IoEvent>> {
+    use std::future::Future;
+    std::pin::pin!(link.io(want_read)).poll(cx)
+}
+
+/// Writes (or flushes) what `link` has queued if it can go now; `None` if it can't (the link
+/// then waits on write readiness, as in the `select!`).
+async fn write_now(link: &mut Link) -> Option<std::io::Result<IoEvent>> {
+    match std::future::poll_fn(|cx| std::task::Poll::Ready(poll_link(link, false, cx))).await {
+        std::task::Poll::Ready(ev) => Some(ev),
+        std::task::Poll::Pending => None,
     }
 }
 
