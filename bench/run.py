@@ -25,6 +25,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCS = []  # every Popen we started, stopped in reverse order at exit
+BASELINE = None  # --baseline-handover
 
 
 def log(*a):
@@ -183,8 +184,9 @@ class Proxy:
         self.proc.stop()
 
 
-def start_proxy(kind, routes, work, tag="", handover_extra=""):
-    """routes: list of (name, protocol, target_port). Returns a Proxy once every port listens."""
+def start_proxy(kind, routes, work, tag="", handover_extra="", wrap=(), binary=None):
+    """routes: list of (name, protocol, target_port). Returns a Proxy once every port listens.
+    `wrap` goes before the command (valgrind); `binary` replaces handover's (an A/B run)."""
     ports = {name: free_port() for name, _, _ in routes}
     d = os.path.join(work, f"{kind}{tag}")
     os.makedirs(d, exist_ok=True)
@@ -203,7 +205,7 @@ def start_proxy(kind, routes, work, tag="", handover_extra=""):
         open(cfg, "w").write(text)
         proc = Proc(
             f"handover{tag}",
-            [HANDOVER, "serve", "--config", cfg],
+            [*wrap, binary or HANDOVER, "serve", "--config", cfg],
             work,
             env={"RUST_LOG": "warn"},
         )
@@ -220,7 +222,7 @@ def start_proxy(kind, routes, work, tag="", handover_extra=""):
             )
         cfg = os.path.join(d, "haproxy.cfg")
         open(cfg, "w").write(text)
-        proc = Proc(f"haproxy{tag}", ["haproxy", "-db", "-f", cfg], work)
+        proc = Proc(f"haproxy{tag}", [*wrap, "haproxy", "-db", "-f", cfg], work)
     elif kind == "nginx":
         text = (
             f"load_module {NGINX_STREAM};\nworker_processes auto;\nworker_rlimit_nofile 19500;\n"
@@ -252,9 +254,9 @@ def start_proxy(kind, routes, work, tag="", handover_extra=""):
     else:
         raise ValueError(kind)
     for p in ports.values():
-        wait_port(p)
+        wait_port(p, 120 if wrap else 10)  # under valgrind, start-up takes seconds
     if admin:
-        wait_port(admin)
+        wait_port(admin, 120 if wrap else 10)
     return Proxy(kind, proc, ports, admin)
 
 
@@ -349,6 +351,14 @@ def bench_latency(cfg, work, R):
              "handover (irc)": hirc.ports["echo"], "haproxy": proxies["haproxy"].ports["echo"],
              "nginx": proxies["nginx"].ports["echo"], "socat": proxies["socat"].ports["echo"]}
     pids = [echo.pid, hirc.pid] + [p.pid for p in proxies.values()]
+    extra = []
+    if BASELINE:
+        # An A/B run: another handover binary (say, main's) beside this one, same config.
+        base = start_proxy("handover", [("echo", "raw", eport)], work, "-lat-base", binary=BASELINE)
+        ports["baseline handover (raw)"] = base.ports["echo"]
+        pids.append(base.pid)
+        extra.append(base)
+    rounds = cfg.get("lat_rounds", cfg["rounds"])
     out = {}
     for variant, cpus in LAT_VARIANTS.items():
         # unpinned: wherever the scheduler puts things (cross-CPU wake-ups included);
@@ -357,9 +367,12 @@ def bench_latency(cfg, work, R):
         for pid in pids:
             pin(pid, cpus or "0-%d" % (os.cpu_count() - 1))
         res = {t: [] for t in ports}
-        for rnd in range(cfg["rounds"]):
-            for t, port in ports.items():
-                last = rnd == cfg["rounds"] - 1
+        for rnd in range(rounds):
+            # Every other round in the reverse order, so no path always runs just after
+            # another one (or first, on a machine still settling).
+            order = list(ports.items()) if rnd % 2 == 0 else list(reversed(ports.items()))
+            for t, port in order:
+                last = rnd == rounds - 1
                 samples = os.path.join(R, f"latency-{variant}-{slug(t)}.samples") if last else None
                 cmd = ([] if cpus is None else ["taskset", "-c", cpus]) + [
                     BENCH, "latency", "--connect", f"127.0.0.1:{port}", "--count", str(cfg["count"]),
@@ -370,17 +383,81 @@ def bench_latency(cfg, work, R):
                 res[t].append(r)
                 log(f"latency {variant} round {rnd + 1} {t}: p50 {r['p50_us']:.1f} us, p99 {r['p99_us']:.1f} us")
         out[variant] = {}
+        added = {t: {q: [r[f"{q}_us"] - d[f"{q}_us"] for r, d in zip(runs, res["direct"])]
+                     for q in ("p50", "p99")} for t, runs in res.items()}
         for t, runs in res.items():
-            added50 = [r["p50_us"] - d["p50_us"] for r, d in zip(runs, res["direct"])]
-            added99 = [r["p99_us"] - d["p99_us"] for r, d in zip(runs, res["direct"])]
+            # Paired: this path's added latency over haproxy's in the same round, then the
+            # median of those ratios (the pooled ratio of medians is kept beside it).
+            paired = {q: [a / h if h > 0 else float("nan")
+                          for a, h in zip(added[t][q], added["haproxy"][q])] for q in ("p50", "p99")}
             out[variant][t] = {"p50_us": median([r["p50_us"] for r in runs]),
                                "p99_us": median([r["p99_us"] for r in runs]),
                                "p999_us": median([r["p999_us"] for r in runs]),
-                               "added_p50_us": median(added50), "added_p99_us": median(added99),
-                               "runs_p50_us": [r["p50_us"] for r in runs]}
-    for p in list(proxies.values()) + [hirc]:
+                               "added_p50_us": median(added[t]["p50"]),
+                               "added_p99_us": median(added[t]["p99"]),
+                               "paired_p50_vs_haproxy": median(paired["p50"]),
+                               "paired_p99_vs_haproxy": median(paired["p99"]),
+                               "paired_p99_range": [min(paired["p99"]), max(paired["p99"])],
+                               "runs_p50_us": [r["p50_us"] for r in runs],
+                               "runs_p99_us": [r["p99_us"] for r in runs]}
+    for p in list(proxies.values()) + [hirc] + extra:
         p.stop()
+    if shutil.which("valgrind"):
+        out["instructions"] = latency_instructions(work, eport)
+    else:
+        log("valgrind not found: no instruction counts (BENCH_PROFILERS=1 installs it)")
+    echo.stop()
     return out
+
+
+def latency_instructions(work, eport):
+    """User-space instructions per round trip in each proxy, counted by callgrind: deterministic
+    where the timings are not. Each proxy runs twice under callgrind, for N1 and N2 round trips
+    (no warm-up); (total(N2) - total(N1)) / (N2 - N1) leaves out start-up and shutdown."""
+    n1, n2 = 2000, 12000
+    targets = [("handover (raw)", "handover", "raw", None), ("handover (irc)", "handover", "irc", None),
+               ("haproxy", "haproxy", "raw", None)]
+    if BASELINE:
+        targets.append(("baseline handover (raw)", "handover", "raw", BASELINE))
+    out = {}
+    for name, kind, proto, binary in targets:
+        totals, session = [], []
+        for n in (n1, n2):
+            cg = os.path.join(work, f"callgrind-{slug(name)}-{n}.out")
+            wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}"]
+            p = start_proxy(kind, [("echo", proto, eport)], work, f"-cg-{slug(name)}-{n}", wrap=wrap,
+                            binary=binary)
+            run_json([BENCH, "latency", "--connect", f"127.0.0.1:{p.ports['echo']}", "--count", str(n),
+                      "--warmup", "0", "--size", "100"], timeout=900)
+            p.proc.p.send_signal(signal.SIGTERM)  # valgrind writes its file on the way out
+            p.proc.p.wait(120)
+            p.stop()
+            totals.append(callgrind_total(cg))
+            session.append(callgrind_inclusive(cg, "src/session/mod.rs:<tracing::instrument::Instrumented<T>"))
+        per = (totals[1] - totals[0]) / (n2 - n1)
+        ses = (session[1] - session[0]) / (n2 - n1) if None not in session else None
+        out[name] = {"instr_per_rt": per, "session_task_instr_per_rt": ses}
+        log(f"instructions per round trip, {name}: {per:.0f}" + (f" (session task {ses:.0f})" if ses else ""))
+    return out
+
+
+def callgrind_total(path):
+    for line in open(path):
+        if line.startswith("summary:") or line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no total in {path}")
+
+
+def callgrind_inclusive(path, needle):
+    """The inclusive count of the first function whose name contains `needle`, or None."""
+    if not shutil.which("callgrind_annotate"):
+        return None
+    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", path], capture_output=True,
+                          text=True).stdout
+    for line in text.splitlines():
+        if needle in line:
+            return int(line.split()[0].replace(",", ""))
+    return None
 
 
 def slug(s):
@@ -742,17 +819,33 @@ def report(res, R, cfg):
                           f"{', '.join(str(x) for x in v['runs_gbps'])} |")
     if "latency" in res:
         for variant, L in res["latency"].items():
+            if variant == "instructions":
+                continue
             where = {"unpinned": "unpinned (the scheduler places client, server and proxy)",
                      "one-cpu": "client, echo server and proxy pinned to one CPU"}.get(variant, variant)
-            md.append(f"\n### Latency, 100-byte line request/echo, one connection, {where} ({cfg['count']} round trips after {cfg['warmup']} warm-up, median of {cfg['rounds']} rounds)\n")
-            md.append("| path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p50 vs haproxy | added p99 vs haproxy |")
-            md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+            rounds = cfg.get("lat_rounds", cfg["rounds"])
+            md.append(f"\n### Latency, 100-byte line request/echo, one connection, {where} ({cfg['count']} round trips after {cfg['warmup']} warm-up, median of {rounds} rounds, every other round in reverse order)\n")
+            md.append("Pooled: the median over rounds of the added latency, then its ratio to haproxy's. "
+                      "Paired: the ratio to haproxy's in the same round, then the median (and range) of those ratios.\n")
+            md.append("| path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p50 vs haproxy (pooled / paired) | added p99 vs haproxy (pooled / paired) | paired p99 ratio, range |")
+            md.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for t, v in L.items():
                 d = t == "direct"
+                rng = v.get("paired_p99_range")
                 md.append(f"| {t} | {fmt(v['p50_us'], 1)} | {fmt(v['p99_us'], 1)} | {fmt(v['p999_us'], 1)} | "
                           f"{'–' if d else fmt(v['added_p50_us'], 1)} | {'–' if d else fmt(v['added_p99_us'], 1)} | "
-                          f"{'–' if d else ratio(v['added_p50_us'], L['haproxy']['added_p50_us'])} | "
-                          f"{'–' if d else ratio(v['added_p99_us'], L['haproxy']['added_p99_us'])} |")
+                          f"{'–' if d else ratio(v['added_p50_us'], L['haproxy']['added_p50_us']) + ' / ' + fmt(v.get('paired_p50_vs_haproxy', float('nan'))) + '×'} | "
+                          f"{'–' if d else ratio(v['added_p99_us'], L['haproxy']['added_p99_us']) + ' / ' + fmt(v.get('paired_p99_vs_haproxy', float('nan'))) + '×'} | "
+                          f"{'–' if d or not rng else f'{rng[0]:.2f} to {rng[1]:.2f}×'} |")
+        I = res["latency"].get("instructions")
+        if I:
+            md.append("\n### Instructions per round trip (callgrind, user space, the proxy's whole process; deterministic)\n")
+            md.append("| path | instructions per round trip | vs haproxy | of which handover's session task |")
+            md.append("|---|---:|---:|---:|")
+            for t, v in I.items():
+                ses = v.get("session_task_instr_per_rt")
+                md.append(f"| {t} | {v['instr_per_rt']:.0f} | {ratio(v['instr_per_rt'], I['haproxy']['instr_per_rt'])} | "
+                          f"{'–' if ses is None or t == 'haproxy' else f'{ses:.0f}'} |")
     if "memory" in res:
         M = res["memory"]
         md.append("\n### Memory per idle session (RSS of the whole process tree, from /proc)\n")
@@ -823,7 +916,7 @@ def plots(res, R):
            "set ylabel 'Gbit/s'\nset style data histograms\nset style histogram clustered gap 1\nset yrange [0:*]\n"
            "plot " + ", ".join(series) + "\n")
     if "latency" in res:
-        for variant in res["latency"]:
+        for variant in [v for v in res["latency"] if v != "instructions"]:
             lines = []
             for t in res["latency"][variant]:
                 sp = f"{R}/latency-{variant}-{slug(t)}.samples"
@@ -918,7 +1011,7 @@ def machine():
 
 
 CONFIGS = {
-    "full": {"streams": [1, 8], "secs": 5, "rounds": 5, "count": 20000, "warmup": 2000,
+    "full": {"streams": [1, 8], "secs": 5, "rounds": 5, "lat_rounds": 9, "count": 20000, "warmup": 2000,
              "counts": [1000, 8000], "drain_counts": [1000, 5000], "accept_secs": 3,
              # Pacing: at most 10 registrations in flight (ngircd's listen backlog is 10), no rate cap.
              "drain_setup_concurrency": 10, "drain_setup_rate": 0, "drain_max_per_second": 100000},
@@ -930,14 +1023,17 @@ SECTIONS = ["throughput", "latency", "memory", "accept", "drain"]
 
 
 def main():
-    global HANDOVER, BENCH, NGINX_STREAM
+    global HANDOVER, BENCH, NGINX_STREAM, BASELINE
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ",".join(SECTIONS))
     ap.add_argument("--keep-work", action="store_true", help="keep the logs and configs of every process")
     ap.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
+    ap.add_argument("--baseline-handover", default=None,
+                    help="latency: also measure this handover binary (an A/B run against, say, main's build)")
     a = ap.parse_args()
+    BASELINE = os.path.abspath(a.baseline_handover) if a.baseline_handover else None
     HANDOVER = os.path.join(a.target_dir, "release", "handover")
     BENCH = os.path.join(a.target_dir, "release", "examples", "bench")
     NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
