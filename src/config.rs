@@ -134,6 +134,10 @@ pub struct ListenerConfig {
     /// and not a byte of it moves, before the session is closed.
     #[serde(default = "default_client_stall_timeout_ms")]
     pub client_stall_timeout_ms: u64,
+    /// Raw only: forward bulk traffic with splice(2) on plain sockets, socket to socket inside
+    /// the kernel (default true). Other protocols read their frames and never splice.
+    #[serde(default)]
+    pub splice: Option<bool>,
 }
 
 fn default_protocol() -> String {
@@ -383,6 +387,7 @@ impl Config {
                 max_sessions_per_ip: 0,
                 registration_timeout_ms: default_registration_timeout_ms(),
                 client_stall_timeout_ms: default_client_stall_timeout_ms(),
+                splice: None,
             }],
             backend: backends
                 .iter()
@@ -489,6 +494,13 @@ impl Config {
                     ));
                 }
                 check_backend_address(file, &key, advertise)?;
+            }
+            if l.splice.is_some() && l.protocol != "raw" {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{key}.splice"),
+                    format!("applies only to raw listeners, not {}", l.protocol),
+                ));
             }
             if l.backends.is_empty() {
                 return Err(ConfigError::new(
@@ -753,6 +765,21 @@ mod tests {
             (0, 5000)
         );
         assert_eq!(l.client_stall_timeout_ms, 120_000);
+    }
+
+    #[test]
+    fn splice_is_a_raw_listener_key_on_by_default() {
+        let l = &parse(ONE_LISTENER, "t.toml").unwrap().listener[0];
+        assert_eq!(l.splice, None, "unset: on");
+        let off = ONE_LISTENER.replace("backends=['x']", "backends=['x']\nsplice=false");
+        assert_eq!(
+            parse(&off, "t.toml").unwrap().listener[0].splice,
+            Some(false)
+        );
+        let irc = off.replace("backends=['x']", "backends=['x']\nprotocol='irc'");
+        let err = parse(&irc, "t.toml").unwrap_err();
+        assert_eq!(err.key, "listener[0].splice");
+        assert!(err.to_string().contains("only to raw"), "{err}");
     }
 
     #[test]

@@ -185,6 +185,7 @@ impl ListenerState {
             failover_limiter: shared.failover_limiter.clone(),
             registration_timeout: Duration::from_millis(config.registration_timeout_ms),
             client_stall_timeout: Duration::from_millis(config.client_stall_timeout_ms),
+            splice: config.splice.unwrap_or(true),
         });
         Ok(Self {
             config: config.clone(),

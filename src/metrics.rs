@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::protocol::Direction;
+
 /// Upper bounds (seconds) of the duration histograms.
 const BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -185,6 +187,8 @@ pub struct Metrics {
     replayed: Counters,
     bytes_c2b: AtomicU64,
     bytes_b2c: AtomicU64,
+    spliced_c2b: AtomicU64,
+    spliced_b2c: AtomicU64,
     refused: Counters,
     reloads: Counters,
     /// Unix time of the last successful config load (the start counts as one).
@@ -334,6 +338,16 @@ impl Metrics {
         }
     }
 
+    /// Bytes a session moved with splice(2) (counted as they enter the pipe); they are in
+    /// `handover_bytes_total` too.
+    pub fn spliced(&self, dir: Direction, n: u64) {
+        let counter = match dir {
+            Direction::ClientToBackend => &self.spliced_c2b,
+            Direction::BackendToClient => &self.spliced_b2c,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// A counter's value, for tests and the drain summary.
     pub fn migrations_count(
         &self,
@@ -422,19 +436,17 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP handover_bytes_total Bytes forwarded.\n# TYPE handover_bytes_total counter"
+        by_direction(
+            &mut out,
+            "handover_bytes_total",
+            "Bytes forwarded.",
+            [&self.bytes_c2b, &self.bytes_b2c],
         );
-        let c2b = self.bytes_c2b.load(Ordering::Relaxed);
-        let b2c = self.bytes_b2c.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "handover_bytes_total{{direction=\"client_to_backend\"}} {c2b}"
-        );
-        let _ = writeln!(
-            out,
-            "handover_bytes_total{{direction=\"backend_to_client\"}} {b2c}"
+        by_direction(
+            &mut out,
+            "handover_spliced_bytes_total",
+            "Bytes of handover_bytes_total forwarded with splice(2) (raw passthrough).",
+            [&self.spliced_c2b, &self.spliced_b2c],
         );
         self.reloads.render(
             &mut out,
@@ -457,6 +469,18 @@ impl Metrics {
             self.last_reload_ok.load(Ordering::Relaxed)
         );
         out
+    }
+}
+
+/// A counter with a `direction` label: client to backend, then backend to client.
+fn by_direction(out: &mut String, name: &str, help: &str, values: [&AtomicU64; 2]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (direction, v) in ["client_to_backend", "backend_to_client"]
+        .iter()
+        .zip(values)
+    {
+        let v = v.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{direction=\"{direction}\"}} {v}");
     }
 }
 

@@ -1,8 +1,9 @@
-//! Sockets: client and backend streams (plain or TLS behind one type), backend connects and
-//! PROXY protocol headers.
+//! Sockets: client and backend streams (plain or TLS behind one type), backend connects,
+//! PROXY protocol headers and splice(2) pipes.
 
 pub mod connect;
 pub mod proxy_protocol;
+pub mod splice;
 pub mod tls;
 
 use std::io;
@@ -33,6 +34,14 @@ impl Stream {
 
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
+    }
+
+    /// The socket itself, when nothing (TLS) stands between it and the bytes.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(tcp) => Some(tcp),
+            _ => None,
+        }
     }
 }
 

@@ -270,6 +270,13 @@ pub trait SessionAdapter: Send + 'static {
     /// The migration failed; forget what it started.
     fn abort_migration(&mut self) {}
 
+    /// True when the session may forward both directions without framing or observing them
+    /// (splice(2) on plain sockets): the adapter has learnt all it will need. Raw: once its
+    /// prelude is kept. Protocols that read their frames keep the default.
+    fn passthrough(&self) -> bool {
+        false
+    }
+
     /// Bytes the adapter holds for this session, for the memory bound.
     fn snapshot_size(&self) -> usize {
         0

@@ -80,6 +80,10 @@ impl SessionAdapter for RawSession {
         RegisterStep::Continue(Vec::new())
     }
 
+    fn passthrough(&self) -> bool {
+        self.prelude.len() >= self.prelude_bytes
+    }
+
     fn snapshot_size(&self) -> usize {
         self.prelude.capacity()
     }
@@ -123,6 +127,18 @@ mod tests {
         let start = s.start_register().unwrap();
         assert_eq!(start.send, vec![Bytes::from_static(b"hello")]);
         assert_eq!(start.settle, Some(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn passthrough_once_the_prelude_is_kept() {
+        let mut s = session(5);
+        assert!(!s.passthrough());
+        s.observe(Direction::BackendToClient, &Bytes::from_static(b"banner"));
+        s.observe(Direction::ClientToBackend, &Bytes::from_static(b"hell"));
+        assert!(!s.passthrough(), "one byte of the prelude is missing");
+        s.observe(Direction::ClientToBackend, &Bytes::from_static(b"o"));
+        assert!(s.passthrough());
+        assert!(session(0).passthrough(), "no prelude to keep");
     }
 
     #[test]

@@ -285,7 +285,8 @@ impl Session {
         match ev {
             MigrationEvent::Connected(Ok(stream), permit) => self.begin_register(stream, permit),
             MigrationEvent::Connected(Err(e), _) => self.abort_migration(&e.to_string()),
-            MigrationEvent::Io(Ok(IoEvent::Wrote)) => {}
+            // A new backend's reads are never spliced before it is current.
+            MigrationEvent::Io(Ok(IoEvent::Wrote | IoEvent::Readable)) => {}
             MigrationEvent::Io(Ok(IoEvent::Read(0))) => {
                 self.abort_migration("the new backend closed the connection")
             }

@@ -264,6 +264,8 @@ pub struct SessionCtx {
     pub registration_timeout: Duration,
     /// The listener's `client_stall_timeout_ms`.
     pub client_stall_timeout: Duration,
+    /// The listener's `splice`: raw passthrough may splice(2) instead of copying.
+    pub splice: bool,
 }
 
 pub struct Session {
@@ -439,8 +441,9 @@ impl Session {
 
     /// Waits for one event and handles it; `Some` ends the session.
     async fn step(&mut self) -> Option<CloseReason> {
+        self.choose_splicing();
         let read_client = self.want_client_read();
-        let read_backend = self.client.out_len() < OUT_LIMIT;
+        let read_backend = !self.client.full();
         let client_pollable = self.client.pollable(read_client);
         let backend_pollable = self
             .backend
@@ -556,7 +559,7 @@ impl Session {
         // a byte of it was written since the queue filled.
         let now_written = self.client.written_total;
         self.watch = match self.watch {
-            _ if self.client.out_len() < OUT_LIMIT => Watch::Nothing,
+            _ if !self.client.full() => Watch::Nothing,
             Watch::Stall { since, written } if written == now_written => {
                 Watch::Stall { since, written }
             }
@@ -574,15 +577,66 @@ impl Session {
         if self.paused {
             return self.held_len < self.ctx.migration.inflight_limit_bytes;
         }
-        self.backend
-            .as_ref()
-            .is_some_and(|b| b.out_len() < OUT_LIMIT)
+        self.backend.as_ref().is_some_and(|b| !b.full())
+    }
+
+    /// Decides before each wait whose reads are spliced (`net/splice.rs`): a side that has
+    /// shown bulk traffic, when nothing queued for the other side would be overtaken.
+    fn choose_splicing(&mut self) {
+        let allowed = self.splice_allowed();
+        let client = &mut self.client;
+        match self.backend.as_mut() {
+            Some(backend) => {
+                client.splice_reads =
+                    allowed && client.bulk && client.rbuf.is_empty() && backend.nothing_queued();
+                backend.splice_reads =
+                    allowed && backend.bulk && backend.rbuf.is_empty() && client.nothing_queued();
+            }
+            None => client.splice_reads = false,
+        }
+    }
+
+    /// Splicing skips the adapter, so only its passthrough (raw, once the prelude is kept),
+    /// on two plain sockets, and never around a migration: from its start to the old link's
+    /// close, and while anything is held, every byte goes through the frames as before.
+    fn splice_allowed(&self) -> bool {
+        self.ctx.splice
+            && self.migration.is_none()
+            && self.settling.is_none()
+            && self.detached.is_none()
+            && !self.paused
+            && self.held.is_empty()
+            && !self.client.is_tls()
+            && self.backend.as_ref().is_some_and(|b| !b.is_tls())
+            && self.adapter.passthrough()
+    }
+
+    /// A spliced side was readable: moves its bytes on ([`Link::splice_to`]) and answers as
+    /// its read would have; `None` when nothing moved.
+    fn splice(&mut self, dir: Direction) -> Option<std::io::Result<IoEvent>> {
+        let backend = self.backend.as_mut()?;
+        let moved = match dir {
+            Direction::ClientToBackend => self.client.splice_to(backend),
+            Direction::BackendToClient => backend.splice_to(&mut self.client),
+        };
+        match moved {
+            Ok(None) => None,
+            Ok(Some(n)) => {
+                self.ctx.registry.metrics.spliced(dir, n as u64);
+                Some(Ok(IoEvent::Read(n)))
+            }
+            Err(e) => Some(Err(e)),
+        }
     }
 
     fn on_client_io(&mut self, ev: std::io::Result<IoEvent>) -> Option<CloseReason> {
         match ev {
             Err(e) => Some(CloseReason::Io(ClientIoError(e))),
             Ok(IoEvent::Wrote) => None,
+            Ok(IoEvent::Readable) => {
+                let ev = self.splice(Direction::ClientToBackend)?;
+                self.on_client_io(ev)
+            }
             Ok(IoEvent::Read(0)) => {
                 self.client_done = true;
                 // Half-close: whatever the client sent still goes to the backend.
@@ -662,7 +716,8 @@ impl Session {
     fn on_detached_io(&mut self, ev: Option<std::io::Result<IoEvent>>) {
         let open = match ev {
             None | Some(Err(_)) => false,
-            Some(Ok(IoEvent::Wrote)) => true,
+            // A detached link's reads are never spliced.
+            Some(Ok(IoEvent::Wrote | IoEvent::Readable)) => true,
             Some(Ok(IoEvent::Read(0))) => {
                 self.detached_frames();
                 false
@@ -737,6 +792,10 @@ impl Session {
     fn on_backend_io(&mut self, ev: std::io::Result<IoEvent>) -> Option<CloseReason> {
         match ev {
             Ok(IoEvent::Wrote) => None,
+            Ok(IoEvent::Readable) => {
+                let ev = self.splice(Direction::BackendToClient)?;
+                self.on_backend_io(ev)
+            }
             Ok(IoEvent::Read(0)) => self.backend_lost("closed the connection"),
             Err(e) => self.backend_lost(&e.to_string()),
             Ok(IoEvent::Read(_)) => self.backend_frames().err(),
@@ -1061,6 +1120,7 @@ mod footprint {
             failover_limiter: Arc::new(tokio::sync::Semaphore::new(1)),
             registration_timeout: Duration::from_millis(config.listener[0].registration_timeout_ms),
             client_stall_timeout: Duration::from_millis(config.listener[0].client_stall_timeout_ms),
+            splice: true,
         });
         let adapter = crate::protocol::lookup("irc", &config.listener[0])
             .unwrap()
