@@ -184,9 +184,11 @@ class Proxy:
         self.proc.stop()
 
 
-def start_proxy(kind, routes, work, tag="", handover_extra="", wrap=(), binary=None):
+def start_proxy(kind, routes, work, tag="", handover_extra="", wrap=(), binary=None,
+                handover_listener=""):
     """routes: list of (name, protocol, target_port). Returns a Proxy once every port listens.
-    `wrap` goes before the command (valgrind); `binary` replaces handover's (an A/B run)."""
+    `wrap` goes before the command (valgrind); `binary` replaces handover's (an A/B run);
+    `handover_listener` adds keys to each handover listener table (e.g. "splice = false")."""
     ports = {name: free_port() for name, _, _ in routes}
     d = os.path.join(work, f"{kind}{tag}")
     os.makedirs(d, exist_ok=True)
@@ -197,7 +199,8 @@ def start_proxy(kind, routes, work, tag="", handover_extra="", wrap=(), binary=N
         for name, proto, target in routes:
             text += (
                 f'[[listener]]\nname = "{name}"\nlisten = "127.0.0.1:{ports[name]}"\n'
-                f'protocol = "{proto}"\nbackends = ["{name}-be"]\nmax_sessions = 9000\n\n'
+                f'protocol = "{proto}"\nbackends = ["{name}-be"]\nmax_sessions = 9000\n'
+                f'{handover_listener}\n'
                 f'[[backend]]\nname = "{name}-be"\naddress = "127.0.0.1:{target}"\n\n'
             )
         text += handover_extra
@@ -291,6 +294,11 @@ def bench_throughput(cfg, work, R):
     wait_port(iport)
     route = [("iperf", "raw", iport)]
     proxies = {k: start_proxy(k, route, work, "-tput") for k in ("handover", "haproxy", "nginx", "socat")}
+    # A/B in the same rounds: handover with splice(2) (the default) and copying.
+    proxies["handover (copy)"] = start_proxy("handover", route, work, "-tput-copy",
+                                             handover_listener="splice = false\n")
+    order = ["handover", "handover (copy)", "haproxy", "nginx", "socat"]
+    proxies = {k: proxies[k] for k in order}
     targets = ["direct"] + list(proxies)
     res = {s: {t: [] for t in targets} for s in cfg["streams"]}
     for streams in cfg["streams"]:
