@@ -764,6 +764,10 @@ def bench_accept(cfg, work, R):
     wait_port(eport)
     proxies = {k: start_proxy(k, [("echo", "raw", eport)], work, "-acc")
                for k in ("handover", "haproxy", "nginx", "socat")}
+    if BASELINE:
+        # An A/B run: another handover binary beside this one, same config.
+        proxies["baseline handover"] = start_proxy("handover", [("echo", "raw", eport)], work,
+                                                   "-acc-base", binary=BASELINE)
     targets = ["direct"] + list(proxies)
     res = {t: [] for t in targets}
     for rnd in range(cfg["rounds"]):
