@@ -4,12 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::binary;
 use common::fake::EchoBackend;
 use serde_json::Value;
 
@@ -68,23 +69,13 @@ fn start(a: SocketAddr, b: SocketAddr) -> Proxy {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (child, lines) = binary::spawn(&[
+        "--log-format",
+        "json",
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     Proxy {
         child,
         lines,

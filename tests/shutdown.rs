@@ -3,11 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::binary;
 use common::fake::EchoBackend;
 
 /// Starts `handover serve` on port 0; returns the child and the listener's bound address,
@@ -27,19 +28,9 @@ fn serve(backend: SocketAddr) -> (Child, SocketAddr, std::path::PathBuf) {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_handover"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (child, lines) = binary::spawn(&["serve", "--config", config.to_str().unwrap()]);
     let addr = loop {
-        let line = lines
-            .next()
-            .expect("the proxy logs before exiting")
-            .unwrap();
+        let line = lines.recv().expect("the proxy logs before exiting");
         if line.contains("listening") && line.contains("listener=main") {
             let at = line.find("address=").unwrap() + "address=".len();
             break line[at..]
@@ -50,8 +41,6 @@ fn serve(backend: SocketAddr) -> (Child, SocketAddr, std::path::PathBuf) {
                 .unwrap();
         }
     };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
     (child, addr, dir)
 }
 

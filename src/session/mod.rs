@@ -750,9 +750,7 @@ impl Session {
         let now = Instant::now();
         if self.adapter.wake_at().is_some_and(|at| at <= now) {
             let frames = self.adapter.on_wake(now);
-            if let Some(b) = self.backend.as_mut() {
-                frames.into_iter().for_each(|f| b.push(f));
-            }
+            self.send_backend(frames);
         }
         if self.deadline().is_some_and(|at| at <= now) {
             self.on_deadline();
@@ -762,6 +760,11 @@ impl Session {
     /// Tells the adapter the detached old backend is gone; what it answers goes to B.
     fn old_backend_closed(&mut self) {
         let frames = self.adapter.old_backend_closed();
+        self.send_backend(frames);
+    }
+
+    /// Queues the adapter's own frames for the current backend (none: they are moot).
+    fn send_backend(&mut self, frames: Vec<Bytes>) {
         if let Some(b) = self.backend.as_mut() {
             frames.into_iter().for_each(|f| b.push(f));
         }

@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests (`mod common;` in a test file). Each test file uses
 //! only some of them.
 #![allow(dead_code)]
+pub mod binary;
 pub mod bulk;
 pub mod echo;
 pub mod fake;
