@@ -21,6 +21,7 @@ use crate::listener::{ListenerState, ListenerTask, Shared};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::reload::{Live, Reloader};
+use crate::workers::Workers;
 
 /// A running proxy: its bound addresses and the means to stop it.
 pub struct Running {
@@ -68,7 +69,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let drains = Arc::new(Drains::new(registry.clone(), config.migration.clone()));
+    let workers = match config.runtime.workers {
+        0 => Workers::default_count(),
+        n => n,
+    };
+    let workers = Arc::new(Workers::start(workers).context("cannot start the worker threads")?);
+    info!(workers = workers.len(), "session workers started");
     let shared = Shared {
+        workers,
         registry: registry.clone(),
         shutdown: shutdown.clone(),
         failover_limiter: Arc::new(Semaphore::new(config.migration.max_concurrent)),
@@ -161,6 +169,7 @@ async fn bind_listener(
         tracker: tracker.clone(),
         open: Default::default(),
         per_ip: Default::default(),
+        workers: shared.workers.clone(),
     };
     tracker.spawn(task.run(socket));
     Ok((addr, state))

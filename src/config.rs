@@ -54,6 +54,8 @@ pub struct Config {
     pub migration: MigrationConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// Where the config came from, for error messages; not a key.
     #[serde(skip)]
     pub source: String,
@@ -310,6 +312,18 @@ impl Default for HealthConfig {
     }
 }
 
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Session worker threads (`src/workers.rs`); 0, the default, is one per CPU. Like
+    /// haproxy's `nbthread`, it takes effect at start: a reload that changes it is refused.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+/// The most worker threads `runtime.workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     load_with(path, |_| {})
@@ -401,6 +415,7 @@ impl Config {
                 .collect(),
             migration: MigrationConfig::default(),
             health: HealthConfig::default(),
+            runtime: RuntimeConfig::default(),
             source: "command line".into(),
             path: None,
             admin_insecure_flag: admin_insecure,
@@ -432,6 +447,16 @@ impl Config {
                      anyone who reaches it could drain backends and move sessions; set \
                      admin.token_file, or admin.insecure = true (serve --admin-insecure) to \
                      allow it"
+                ),
+            ));
+        }
+        if self.runtime.workers > MAX_WORKERS {
+            return Err(ConfigError::new(
+                file,
+                "runtime.workers",
+                format!(
+                    "{} worker threads is more than {MAX_WORKERS}; 0 runs one per CPU",
+                    self.runtime.workers
                 ),
             ));
         }
@@ -642,6 +667,7 @@ mod tests {
         assert_eq!(config.migration.max_concurrent, 16);
         assert!(config.listener[0].tls.is_some());
         assert_eq!(config.listener[0].max_sessions_per_ip, 50);
+        assert_eq!(config.runtime, RuntimeConfig::default());
         assert_eq!(config.listener[0].registration_timeout_ms, 60_000);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -689,6 +715,17 @@ mod tests {
         assert_eq!(err.key, "listener[0].listen");
         let text = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nbackends=['x']\n[[backend]]\nname='x'\naddress='host'\n";
         assert_eq!(parse(text, "t.toml").unwrap_err().key, "backend[0].address");
+    }
+
+    #[test]
+    fn worker_count_is_checked() {
+        let base = "[[listener]]\nname='a'\nlisten='127.0.0.1:1'\nbackends=['x']\n[[backend]]\nname='x'\naddress='127.0.0.1:1'\n";
+        assert_eq!(parse(base, "t.toml").unwrap().runtime.workers, 0);
+        let two = parse(&format!("{base}[runtime]\nworkers = 2\n"), "t.toml").unwrap();
+        assert_eq!(two.runtime.workers, 2);
+        let err = parse(&format!("{base}[runtime]\nworkers = 100000\n"), "t.toml").unwrap_err();
+        assert_eq!(err.key, "runtime.workers");
+        assert!(err.problem.contains("100000"), "{err}");
     }
 
     #[test]

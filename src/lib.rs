@@ -33,3 +33,4 @@ pub mod registry;
 pub mod reload;
 pub mod session;
 pub mod telemetry;
+pub mod workers;

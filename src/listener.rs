@@ -24,6 +24,7 @@ use crate::protocol::{Protocol, Route, SessionAdapter};
 use crate::registry::Registry;
 use crate::reload::Live;
 use crate::session::{self, SessionCtx};
+use crate::workers::Workers;
 
 /// What a listener serves new clients with; a reload swaps it whole, and a session keeps
 /// the one it was accepted under.
@@ -45,6 +46,8 @@ pub struct ListenerTask {
     /// Sessions per client address, for `max_sessions_per_ip`; an address leaves the map
     /// with its last session. Kept across reloads like `open`.
     pub per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Where the accepted sessions run.
+    pub workers: Arc<Workers>,
 }
 
 /// One session's share of its client address's count; given back on drop.
@@ -111,7 +114,18 @@ impl ListenerTask {
                         );
                         continue;
                     };
-                    this.tracker.spawn(state.serve(tcp, addr, (slot, ip_slot)));
+                    // The session runs on a worker: the socket leaves this runtime's reactor
+                    // here and joins the worker's in `serve`.
+                    match tcp.into_std() {
+                        Ok(tcp) => this.workers.spawn(this.tracker.track_future(state.serve(
+                            tcp,
+                            addr,
+                            (slot, ip_slot),
+                        ))),
+                        Err(e) => {
+                            debug!(listener = %state.config.name, error = %e, "accepted socket lost")
+                        }
+                    }
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
                     // Out of file descriptors: back off instead of spinning on accept.
@@ -157,6 +171,8 @@ impl ListenerTask {
 /// What every listener's sessions share, whatever the config: made once at start.
 #[derive(Clone)]
 pub struct Shared {
+    /// The threads sessions run on; the accept loops hand each client to one.
+    pub workers: Arc<Workers>,
     pub registry: Arc<Registry>,
     pub shutdown: CancellationToken,
     /// Bounds failovers in flight, so a dead backend's sessions reach the next one paced.
@@ -210,12 +226,19 @@ impl ListenerState {
     #[allow(clippy::manual_async_fn)] // deliberate, see above
     fn serve(
         self: Arc<Self>,
-        tcp: TcpStream,
+        tcp: std::net::TcpStream,
         addr: SocketAddr,
         slots: (Slot, Option<IpSlot>),
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move {
             let _slots = slots;
+            let tcp = match TcpStream::from_std(tcp) {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    debug!(listener = %self.config.name, client.addr = %addr, error = %e, "cannot register the accepted socket");
+                    return;
+                }
+            };
             let mut adapter = self.protocol.new_session(&self.config);
             let Some((client, backend, backend_config)) =
                 Box::pin(self.set_up(tcp, addr, &mut *adapter)).await

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use handover::cli::{self, Cli};
 
-#[tokio::main]
+// The control plane (accept loops, admin API, health checks) runs here; sessions run on the
+// worker threads of `workers.rs`, one single-threaded runtime each.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     handover::telemetry::init(cli.log_format);

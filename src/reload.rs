@@ -282,6 +282,15 @@ fn needs_restart(old: &Config, new: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if old.runtime.workers != new.runtime.workers {
+        return Err(restart(
+            "runtime.workers".into(),
+            format!(
+                "the worker threads changed from {} to {}",
+                old.runtime.workers, new.runtime.workers
+            ),
+        ));
+    }
     for (i, l) in new.listener.iter().enumerate() {
         let Some(o) = old.listener.iter().find(|o| o.name == l.name) else {
             return Err(restart(
@@ -397,6 +406,11 @@ mod tests {
         assert_eq!(
             needs_restart(&old, &irc).unwrap_err().key,
             "listener[0].protocol"
+        );
+        let workers = parse(&format!("{BASE}[runtime]\nworkers = 3\n"));
+        assert_eq!(
+            needs_restart(&old, &workers).unwrap_err().key,
+            "runtime.workers"
         );
         assert!(needs_restart(&old, &parse(BASE)).is_ok());
     }
