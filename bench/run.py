@@ -486,8 +486,13 @@ def bench_memory(cfg, work, R):
     out = {}
     for mode in ("raw", "irc"):
         for n in cfg["counts"]:
-            for kind in ("handover", "haproxy", "nginx"):
-                px = start_proxy(kind, [("idle", mode, backends[mode])], work, f"-mem-{mode}-{n}")
+            # An A/B run adds the other handover binary (same config) as one more proxy.
+            for kind in ("handover", "haproxy", "nginx") + (("baseline handover",) if BASELINE else ()):
+                if kind == "baseline handover":
+                    px = start_proxy("handover", [("idle", mode, backends[mode])], work,
+                                     f"-mem-{mode}-{n}-base", binary=BASELINE)
+                else:
+                    px = start_proxy(kind, [("idle", mode, backends[mode])], work, f"-mem-{mode}-{n}")
                 time.sleep(0.5)
                 base_rss, base_pss = rss_kib(px.pid)
                 hold = subprocess.Popen(
@@ -1043,7 +1048,7 @@ def main():
     ap.add_argument("--keep-work", action="store_true", help="keep the logs and configs of every process")
     ap.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")))
     ap.add_argument("--baseline-handover", default=None,
-                    help="latency: also measure this handover binary (an A/B run against, say, main's build)")
+                    help="latency, memory and accept: also measure this handover binary (an A/B run against, say, main's build)")
     a = ap.parse_args()
     BASELINE = os.path.abspath(a.baseline_handover) if a.baseline_handover else None
     HANDOVER = os.path.join(a.target_dir, "release", "handover")

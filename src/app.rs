@@ -74,6 +74,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         n => n,
     };
     let workers = Arc::new(Workers::start(workers).context("cannot start the worker threads")?);
+    registry.metrics.watch_workers(workers.counters());
     info!(workers = workers.len(), "session workers started");
     let shared = Shared {
         workers,

@@ -24,7 +24,7 @@ use crate::protocol::{Protocol, Route, SessionAdapter};
 use crate::registry::Registry;
 use crate::reload::Live;
 use crate::session::{self, SessionCtx};
-use crate::workers::Workers;
+use crate::workers::{Place, Workers};
 
 /// What a listener serves new clients with; a reload swaps it whole, and a session keeps
 /// the one it was accepted under.
@@ -117,11 +117,10 @@ impl ListenerTask {
                     // The session runs on a worker: the socket leaves this runtime's reactor
                     // here and joins the worker's in `serve`.
                     match tcp.into_std() {
-                        Ok(tcp) => this.workers.spawn(this.tracker.track_future(state.serve(
-                            tcp,
-                            addr,
-                            (slot, ip_slot),
-                        ))),
+                        Ok(tcp) => this.workers.spawn(|place| {
+                            let slots = (slot, ip_slot, place);
+                            this.tracker.track_future(state.serve(tcp, addr, slots))
+                        }),
                         Err(e) => {
                             debug!(listener = %state.config.name, error = %e, "accepted socket lost")
                         }
@@ -228,7 +227,7 @@ impl ListenerState {
         self: Arc<Self>,
         tcp: std::net::TcpStream,
         addr: SocketAddr,
-        slots: (Slot, Option<IpSlot>),
+        slots: (Slot, Option<IpSlot>, Place),
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move {
             let _slots = slots;

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::protocol::Direction;
@@ -195,6 +195,8 @@ pub struct Metrics {
     last_reload_ok: AtomicU64,
     /// 1 when the last reload was applied, 0 when it was refused.
     last_reload_successful: AtomicU64,
+    /// Each session worker's count of sessions (`workers.rs`), read at scrape time.
+    worker_sessions: OnceLock<Vec<Arc<AtomicUsize>>>,
 }
 
 /// What the registry knows at scrape time.
@@ -359,6 +361,12 @@ impl Metrics {
             .get(&[protocol, reason.label(), outcome.label()])
     }
 
+    /// Reports the session workers' loads as `handover_worker_sessions{worker}`; the first
+    /// call counts (the workers are made once, at start).
+    pub fn watch_workers(&self, loads: Vec<Arc<AtomicUsize>>) {
+        let _ = self.worker_sessions.set(loads);
+    }
+
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
@@ -423,6 +431,16 @@ impl Metrics {
             "Client bytes replayed to a new backend.",
             &["protocol"],
         );
+        if let Some(loads) = self.worker_sessions.get() {
+            let _ = writeln!(
+                out,
+                "# HELP handover_worker_sessions Sessions on each worker thread now.\n# TYPE handover_worker_sessions gauge"
+            );
+            for (i, n) in loads.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                let _ = writeln!(out, "handover_worker_sessions{{worker=\"{i}\"}} {n}");
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP handover_backend_state 1 for the backend's current state.\n# TYPE handover_backend_state gauge"
@@ -529,6 +547,7 @@ mod tests {
         );
         m.migration_phases("irc", [1, 20, 3, 6].map(Duration::from_millis));
         m.bytes(10, 20);
+        m.watch_workers(vec![Arc::new(AtomicUsize::new(2)), Default::default()]);
         let text = m.render(&Gauges {
             sessions: vec![("irc".into(), "a".into(), 3)],
             backends: vec![("a".into(), "draining")],
@@ -549,6 +568,8 @@ mod tests {
             "handover_backend_state{backend=\"a\",state=\"active\"} 0",
             "handover_bytes_total{direction=\"client_to_backend\"} 10",
             "handover_bytes_total{direction=\"backend_to_client\"} 20",
+            "handover_worker_sessions{worker=\"0\"} 2",
+            "handover_worker_sessions{worker=\"1\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -34,10 +34,11 @@ struct Worker {
     load: Arc<AtomicUsize>,
 }
 
-/// Gives a session's place on its worker back when the session's future ends or is dropped.
-struct Load(Arc<AtomicUsize>);
+/// A session's place on its worker, given back when dropped. The session's future holds it
+/// (see [`Workers::spawn`]), so it is given back when the session ends or is dropped.
+pub struct Place(Arc<AtomicUsize>);
 
-impl Drop for Load {
+impl Drop for Place {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -76,9 +77,11 @@ impl Workers {
         self.workers.is_empty()
     }
 
-    /// Runs `session` on the worker holding the fewest sessions (the first such, so one
-    /// worker takes them all until another has fewer).
-    pub fn spawn<F>(&self, session: F)
+    /// Runs the session that `session` makes on the worker holding the fewest sessions (the
+    /// first such). The future must keep the [`Place`] it is given. Not a wrapper around the
+    /// future: an `async` block that awaits a future it captured stores it twice, and a
+    /// task's memory is allocated at its largest for the session's whole life.
+    pub fn spawn<F>(&self, session: impl FnOnce(Place) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -88,11 +91,12 @@ impl Workers {
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
             .expect("at least one worker");
         worker.load.fetch_add(1, Ordering::Relaxed);
-        let load = Load(worker.load.clone());
-        worker.handle.spawn(async move {
-            let _load = load;
-            session.await
-        });
+        worker.handle.spawn(session(Place(worker.load.clone())));
+    }
+
+    /// Each worker's count of its sessions, in worker order, for the metrics.
+    pub fn counters(&self) -> Vec<Arc<AtomicUsize>> {
+        self.workers.iter().map(|w| w.load.clone()).collect()
     }
 
     /// Sessions on each worker now, in worker order.
@@ -122,7 +126,8 @@ mod tests {
         let (tx, mut names) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..4 {
             let (mut held, tx) = (held.clone(), tx.clone());
-            workers.spawn(async move {
+            workers.spawn(|place| async move {
+                let _place = place;
                 tx.send(std::thread::current().name().map(str::to_owned))
                     .unwrap();
                 let _ = held.wait_for(|&go| go).await;
@@ -158,8 +163,8 @@ mod tests {
         let workers = Workers::start(1).unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         // A session that never ends holds its sender until its runtime drops it.
-        workers.spawn(async move {
-            let _tx = tx;
+        workers.spawn(|place| async move {
+            let _hold = (tx, place);
             std::future::pending::<()>().await
         });
         drop(workers);
