@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -81,11 +82,25 @@ impl ListenerTask {
     pub async fn run(self, listener: TcpListener) {
         let this = Arc::new(self);
         let shutdown = this.state.get().ctx.shutdown.clone();
+        // Accepted sockets go to a worker's reactor, never this one's: accepting through the
+        // listener's readiness, not `TcpListener::accept`, spares each of them a
+        // registration here and its removal (two epoll_ctl calls per session).
+        // `AsyncFd::new` is deprecated because an arbitrary `AsRawFd` may not own its
+        // descriptor; a `std::net::TcpListener` does (an `OwnedFd`), which is what the
+        // unsafe `register` asks the caller to promise, and this crate forbids `unsafe`.
+        #[allow(deprecated)]
+        let listener = match listener.into_std().and_then(AsyncFd::new) {
+            Ok(listener) => listener,
+            Err(e) => {
+                warn!(listener = %this.state.get().config.name, error = %e, "cannot watch the listening socket; not accepting");
+                return;
+            }
+        };
         let mut backoff = Duration::from_millis(5);
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = listener.accept() => r,
+                r = accept(&listener) => r,
             };
             // The state of the moment: a reload between two accepts applies to the second.
             let state = this.state.get();
@@ -114,17 +129,12 @@ impl ListenerTask {
                         );
                         continue;
                     };
-                    // The session runs on a worker: the socket leaves this runtime's reactor
-                    // here and joins the worker's in `serve`.
-                    match tcp.into_std() {
-                        Ok(tcp) => this.workers.spawn(|place| {
-                            let slots = (slot, ip_slot, place);
-                            this.tracker.track_future(state.serve(tcp, addr, slots))
-                        }),
-                        Err(e) => {
-                            debug!(listener = %state.config.name, error = %e, "accepted socket lost")
-                        }
-                    }
+                    // The session runs on a worker; its socket joins that worker's reactor
+                    // in `serve`.
+                    this.workers.spawn(|place| {
+                        let slots = (slot, ip_slot, place);
+                        this.tracker.track_future(state.serve(tcp, addr, slots))
+                    });
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
                     // Out of file descriptors: back off instead of spinning on accept.
@@ -417,6 +427,30 @@ mod route {
                 }
                 route => return Ok((client, route)),
             }
+        }
+    }
+}
+
+/// Accepts one client: a non-blocking socket registered with no reactor yet, and its
+/// address.
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    use rustix::net::{acceptfrom_with, SocketFlags};
+    loop {
+        let mut ready = listener.readable().await?;
+        let accepted = ready.try_io(|l| {
+            Ok(acceptfrom_with(
+                l.get_ref(),
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            )?)
+        });
+        if let Ok(accepted) = accepted {
+            let (fd, addr) = accepted?;
+            let addr = addr
+                .and_then(|a| SocketAddr::try_from(a).ok())
+                .ok_or_else(|| std::io::Error::other("the client's address is not IP"))?;
+            return Ok((std::net::TcpStream::from(fd), addr));
         }
     }
 }
