@@ -5,13 +5,14 @@
 //! Why not tokio's multi-thread runtime: a session is one task whose events come from its own
 //! two sockets, so stealing it to another thread buys nothing, while the work-stealing
 //! scheduler costs every wake-up its bookkeeping (clock reads, a poll-time average, atomic
-//! queue hand-offs). callgrind counted 12,632 instructions per small-message round trip on
-//! the multi-thread runtime and 10,313 on a single-threaded one (`docs/BENCHMARKS.md`).
+//! queue hand-offs). callgrind counted 11,998 instructions per small-message round trip on
+//! the multi-thread runtime and 10,661 on the workers (`docs/BENCHMARKS.md`). The price is
+//! a cross-thread hand-off per accepted client.
 //!
 //! The control plane (accept loops, admin API, health checks, drains, reloads) runs on the
-//! runtime that called [`crate::app::start`]. An accept loop hands each accepted socket to
-//! the worker holding the fewest sessions; the socket leaves the acceptor's reactor
-//! ([`tokio::net::TcpStream::into_std`]) and joins the worker's when the session starts.
+//! runtime that called [`crate::app::start`]. An accept loop hands each accepted socket,
+//! registered with no reactor yet, to the worker holding the fewest sessions; it joins that
+//! worker's reactor when the session starts.
 
 use std::future::Future;
 use std::io;

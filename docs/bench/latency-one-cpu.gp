@@ -9,4 +9,4 @@ set ylabel 'fraction of round trips'
 set logscale x
 set key bottom right
 set yrange [0:1]
-plot 'latency-one-cpu-direct.cdf' using 1:2 with lines lw 2 title 'direct', 'latency-one-cpu-handover-raw.cdf' using 1:2 with lines lw 2 title 'handover (raw)', 'latency-one-cpu-handover-irc.cdf' using 1:2 with lines lw 2 title 'handover (irc)', 'latency-one-cpu-haproxy.cdf' using 1:2 with lines lw 2 title 'haproxy', 'latency-one-cpu-nginx.cdf' using 1:2 with lines lw 2 title 'nginx', 'latency-one-cpu-socat.cdf' using 1:2 with lines lw 2 title 'socat'
+plot 'latency-one-cpu-direct.cdf' using 1:2 with lines lw 2 title 'direct', 'latency-one-cpu-handover-raw.cdf' using 1:2 with lines lw 2 title 'handover (raw)', 'latency-one-cpu-handover-irc.cdf' using 1:2 with lines lw 2 title 'handover (irc)', 'latency-one-cpu-haproxy.cdf' using 1:2 with lines lw 2 title 'haproxy', 'latency-one-cpu-nginx.cdf' using 1:2 with lines lw 2 title 'nginx', 'latency-one-cpu-socat.cdf' using 1:2 with lines lw 2 title 'socat', 'latency-one-cpu-baseline-handover-raw.cdf' using 1:2 with lines lw 2 title 'baseline handover (raw)'
