@@ -182,6 +182,36 @@ async fn bad_lines_close_only_their_own_session() {
     env.running.shutdown(Duration::from_secs(2)).await;
 }
 
+/// A client that sends QUIT and resets its socket at once (a closing client program with the
+/// server's goodbye unread) left: counted `client`, not `io_error`, whichever of the reset
+/// and the server's reply handover meets first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_quits_and_resets_is_counted_as_leaving() {
+    let _serial = serial().await;
+    let mut env = env("", "").await;
+    let addr = env.running.listener("main");
+    for i in 0..5 {
+        let before = closed(&env.running, "client");
+        let mut sock = registered_socket(addr, &format!("quitter{i}")).await;
+        sock.write_all(b"QUIT :bye\r\n").await.unwrap();
+        // SO_LINGER 0: the close sends a reset, not a FIN.
+        rustix::net::sockopt::set_socket_linger(&sock, Some(Duration::ZERO)).unwrap();
+        drop(sock);
+        let mut counted = false;
+        for _ in 0..100 {
+            if closed(&env.running, "client") == before + 1 {
+                counted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(counted, "quit {i} was not counted as the client's close");
+        assert_eq!(closed(&env.running, "io_error"), 0, "quit {i}");
+    }
+    env.people.still_work().await;
+    env.running.shutdown(Duration::from_secs(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_line_that_never_ends_meets_the_registration_timeout() {
     let _serial = serial().await;

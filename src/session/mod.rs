@@ -631,6 +631,9 @@ impl Session {
 
     fn on_client_io(&mut self, ev: std::io::Result<IoEvent>) -> Option<CloseReason> {
         match ev {
+            // A client that asked to leave and then reset its socket (or closed it with the
+            // server's goodbye unread) left: that is not an I/O failure.
+            Err(e) if self.adapter.client_quit() && is_reset(&e) => Some(CloseReason::Client),
             Err(e) => Some(CloseReason::Io(ClientIoError(e))),
             Ok(IoEvent::Wrote) => None,
             Ok(IoEvent::Readable) => {
@@ -1035,6 +1038,12 @@ enum LinkEvent {
 /// second as told. Cancel-safe, as [`Link::io`] is. Each poll makes each link's `io` future
 /// afresh and drops it after: only the two references live in the session's future while it
 /// waits (holding both futures made it 120 bytes larger).
+/// The peer reset the connection, or it is gone for writing.
+fn is_reset(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
+}
+
 fn links_io<'a>(
     mut client: Option<(&'a mut Link, bool)>,
     mut backend: Option<(&'a mut Link, bool)>,
