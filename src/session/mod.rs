@@ -631,9 +631,10 @@ impl Session {
 
     fn on_client_io(&mut self, ev: std::io::Result<IoEvent>) -> Option<CloseReason> {
         match ev {
-            // A client that asked to leave and then reset its socket (or closed it with the
-            // server's goodbye unread) left: that is not an I/O failure.
-            Err(e) if self.adapter.client_quit() && is_reset(&e) => Some(CloseReason::Client),
+            // A client that reset its socket left, as one that closed it did: a program that
+            // closes with data unread (the server's goodbye to its QUIT, a channel's traffic)
+            // sends a reset, and the next read or write meets it, whichever comes first.
+            Err(e) if is_reset(&e) => Some(CloseReason::Client),
             Err(e) => Some(CloseReason::Io(ClientIoError(e))),
             Ok(IoEvent::Wrote) => None,
             Ok(IoEvent::Readable) => {
