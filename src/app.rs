@@ -69,11 +69,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let drains = Arc::new(Drains::new(registry.clone(), config.migration.clone()));
-    let workers = match config.runtime.workers {
-        0 => Workers::default_count(),
-        n => n,
-    };
-    let workers = Arc::new(Workers::start(workers).context("cannot start the worker threads")?);
+    let workers = Arc::new(
+        Workers::start(config.runtime.workers).context("cannot start the worker threads")?,
+    );
     registry.metrics.watch_workers(workers.counters());
     info!(workers = workers.len(), "session workers started");
     let shared = Shared {

@@ -46,11 +46,15 @@ impl Drop for Place {
 }
 
 impl Workers {
-    /// Starts `n` workers (at least one).
+    /// Starts `n` workers; 0 starts one per CPU this process may run on (`runtime.workers`).
     pub fn start(n: usize) -> io::Result<Self> {
+        let n = match n {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let stop = CancellationToken::new();
-        let mut workers = Vec::with_capacity(n.max(1));
-        for i in 0..n.max(1) {
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
             let runtime = Builder::new_current_thread().enable_all().build()?;
             let handle = runtime.handle().clone();
             let stop = stop.clone();
@@ -63,11 +67,6 @@ impl Workers {
             });
         }
         Ok(Self { workers, stop })
-    }
-
-    /// One worker per CPU this process may run on.
-    pub fn default_count() -> usize {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
     pub fn len(&self) -> usize {
