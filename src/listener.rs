@@ -277,13 +277,16 @@ impl ListenerState {
     ) -> Option<(Stream, Stream, BackendConfig)> {
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().ok();
-        let client = match &self.tls {
+        // On every refusal below the client's socket is still open when the refusal is
+        // counted, and closes after: whoever sees the close and then scrapes sees the count.
+        let mut client = match &self.tls {
             None => Stream::Plain(tcp),
             Some(acceptor) => {
                 let limit = Duration::from_millis(self.config.handshake_timeout_ms);
-                match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                let mut accept = std::pin::pin!(acceptor.accept(tcp).into_fallible());
+                match tokio::time::timeout(limit, &mut accept).await {
                     Ok(Ok(tls)) => Stream::TlsServer(Box::new(tls)),
-                    Ok(Err(e)) => {
+                    Ok(Err((e, _tcp))) => {
                         self.refuse(addr, "tls_handshake", &format!("TLS handshake failed: {e}"));
                         return None;
                     }
@@ -295,9 +298,9 @@ impl ListenerState {
             }
         };
         let limit = Duration::from_millis(self.config.handshake_timeout_ms);
-        let (client, route) =
-            match tokio::time::timeout(limit, route::route(client, local, adapter)).await {
-                Ok(Ok(routed)) => routed,
+        let route =
+            match tokio::time::timeout(limit, route::route(&mut client, local, adapter)).await {
+                Ok(Ok(route)) => route,
                 Ok(Err(why)) => {
                     self.refuse(addr, "first_frame", &why);
                     return None;
@@ -330,8 +333,9 @@ impl ListenerState {
         };
         if let Some(send) = send {
             if let Err(e) = backend.write_all(&send).await {
-                info!(listener = %self.config.name, backend = %config.name, error = %e, "backend write failed");
                 self.ctx.registry.release(&config.name);
+                let why = format!("backend {} failed the first write: {e}", config.name);
+                self.refuse(addr, "no_backend", &why);
                 return None;
             }
         }
@@ -396,10 +400,10 @@ mod route {
     use crate::protocol::{Route, SessionAdapter};
 
     pub async fn route(
-        mut client: Stream,
+        client: &mut Stream,
         local: Option<SocketAddr>,
         adapter: &mut dyn SessionAdapter,
-    ) -> Result<(Stream, Route), String> {
+    ) -> Result<Route, String> {
         if let Some(local) = local {
             if let Some(greeting) = adapter.greeting(local) {
                 client
@@ -416,7 +420,7 @@ mod route {
             {
                 Route::Need(n) => {
                     let want = n.saturating_sub(buf.len()).max(1) as u64;
-                    let read = (&mut client)
+                    let read = (&mut *client)
                         .take(want)
                         .read_buf(&mut buf)
                         .await
@@ -425,7 +429,7 @@ mod route {
                         return Err("the client closed before its first frame".into());
                     }
                 }
-                route => return Ok((client, route)),
+                route => return Ok(route),
             }
         }
     }
