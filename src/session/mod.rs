@@ -1035,16 +1035,16 @@ enum LinkEvent {
     Backend(std::io::Result<IoEvent>),
 }
 
-/// The next event of either link (each with whether to read it), polling the client first or
-/// second as told. Cancel-safe, as [`Link::io`] is. Each poll makes each link's `io` future
-/// afresh and drops it after: only the two references live in the session's future while it
-/// waits (holding both futures made it 120 bytes larger).
 /// The peer reset the connection, or it is gone for writing.
 fn is_reset(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
     matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
 }
 
+/// The next event of either link (each with whether to read it), polling the client first or
+/// second as told. Cancel-safe, as [`Link::io`] is. Each poll makes each link's `io` future
+/// afresh and drops it after: only the two references live in the session's future while it
+/// waits (holding both futures made it 120 bytes larger).
 fn links_io<'a>(
     mut client: Option<(&'a mut Link, bool)>,
     mut backend: Option<(&'a mut Link, bool)>,
